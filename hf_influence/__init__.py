@@ -1,0 +1,52 @@
+"""hf_influence: which training examples matter, inside the Hugging Face stack.
+
+The public API is re-exported here lazily, so ``import hf_influence`` stays cheap (nothing heavy is imported until a
+name is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # data
+    "add_example_ids": "hf_influence.data",
+    "ExampleIdCollator": "hf_influence.data",
+    "EXAMPLE_ID_COLUMN": "hf_influence.data",
+    # trainer
+    "ScoringConfig": "hf_influence.config",
+    "ScoringTrainer": "hf_influence.trainer",
+    "ScoringMixin": "hf_influence.trainer",
+    "SignalStore": "hf_influence.store",
+    # per-example gradients
+    "per_example_grad_norms": "hf_influence.grads",
+    # normalisation, selection, noise
+    "class_zscore": "hf_influence.normalization",
+    "dataset_zscore": "hf_influence.normalization",
+    "select_by_score": "hf_influence.selection",
+    "list_strategies": "hf_influence.selection",
+    "inject_label_noise": "hf_influence.noise",
+    # plots, cards, hub
+    "plot_data_map": "hf_influence.plots",
+    "plot_score_histograms": "hf_influence.plots",
+    "save_scored_dataset": "hf_influence.hub",
+    "push_scored_dataset": "hf_influence.hub",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_influence' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny random models (BERT-, Llama- and GPT-2-like), the packaged MiniLM, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_bert_config(num_labels: int = 3, vocab_size: int = 97, **kwargs):
+    from transformers import BertConfig
+
+    defaults = dict(
+        vocab_size=vocab_size,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=40,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        pad_token_id=0,
+    )
+    defaults.update(kwargs)
+    return BertConfig(**defaults)
+
+
+def tiny_llama_config(vocab_size: int = 101, **kwargs):
+    from transformers import LlamaConfig
+
+    defaults = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    defaults.update(kwargs)
+    return LlamaConfig(**defaults)
+
+
+def tiny_gpt2_config(vocab_size: int = 89, **kwargs):
+    from transformers import GPT2Config
+
+    defaults = dict(
+        vocab_size=vocab_size,
+        n_embd=24,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    defaults.update(kwargs)
+    return GPT2Config(**defaults)
+
+
+@pytest.fixture
+def tiny_bert_classifier():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config()).eval()
+
+
+@pytest.fixture
+def tiny_llama_lm():
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+@pytest.fixture
+def tiny_gpt2_lm():
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(tiny_gpt2_config()).eval()
+
+
+def random_classification_dataset(n: int = 22, num_labels: int = 3, vocab_size: int = 97, seed: int = 0,
+                                  min_len: int = 3, max_len: int = 12):
+    """A datasets.Dataset of random token sequences of mixed lengths with labels (and no ids)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "label": []}
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        rows["input_ids"].append(torch.randint(3, vocab_size, (length,), generator=g).tolist())
+        rows["label"].append(int(torch.randint(0, num_labels, (1,), generator=g)))
+    return Dataset.from_dict(rows)
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    from hf_influence.paths import shared_dir as _shared_dir
+
+    return _shared_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    from hf_influence.paths import packaged_minilm_path
+
+    return packaged_minilm_path()
