@@ -1,0 +1,442 @@
+"""`SignalStore`: per-example training signals on disk (Parquet), and the summaries computed from them.
+
+Layout of a store folder::
+
+    metadata.json                  model, dataset fingerprint, number of examples, scoring config, list of chunks
+    presentations-000000.parquet   one row per presentation of an example in a training minibatch
+    dense-000001.parquet           one row per example per dense evaluation (optional)
+
+Every file is written to a temporary name and moved into place with `os.replace`, and `metadata.json` (which lists
+the chunk files that belong to the store) is replaced last, so a run killed at any moment leaves a consistent store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from transformers.utils import logging
+
+from .signals import SIGNAL_NAMES
+
+logger = logging.get_logger(__name__)
+
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+PRESENTATIONS = "presentations"
+DENSE = "dense"
+KINDS: tuple[str, ...] = (PRESENTATIONS, DENSE)
+KEY_COLUMNS: tuple[str, ...] = ("example_id", "epoch", "step")
+SUMMARY_COLUMNS: tuple[str, ...] = ("forgetting", "aum", "confidence", "variability", "correctness", "mean_loss")
+FORGETTING_SOURCES: tuple[str, ...] = ("dense", "presentations")
+# Metadata entries that must agree for a store to be continued (resume) or combined.
+_IDENTITY_KEYS: tuple[str, ...] = ("dataset_fingerprint", "num_examples", "model_class")
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_parquet(path: str, frame: pd.DataFrame) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _empty_frame(columns: Sequence[str]) -> pd.DataFrame:
+    data = {name: pd.Series(dtype="int64" if name in KEY_COLUMNS else "float32") for name in columns}
+    return pd.DataFrame(data)
+
+
+def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Check the columns of a records frame and cast them to the store's dtypes."""
+    missing = [c for c in (*KEY_COLUMNS, *SIGNAL_NAMES) if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"Records lack the columns {missing}; a store needs {list(KEY_COLUMNS) + list(SIGNAL_NAMES)} "
+            "(plus optional 'grad_norm')."
+        )
+    frame = frame.reset_index(drop=True).copy()
+    for name in frame.columns:
+        frame[name] = frame[name].astype("int64" if name in KEY_COLUMNS else "float32")
+    return frame
+
+
+class SignalStore:
+    """Per-example training signals, one row per presentation, with the summaries that training dynamics give.
+
+    Made by [`ScoringTrainer`] (`trainer.signal_store` after `train()`), reopened with [`SignalStore.load`], or built
+    in memory with [`SignalStore.from_records`].
+
+    Columns of [`~SignalStore.records`]: `example_id` (int64), `epoch` (int, from 0), `step` (the optimizer step
+    the minibatch contributed to, counted from 0), and the signals of `hf_influence.signals` (`loss`, `prob_gold`,
+    `margin`, `correct`, `el2n`, `entropy`, float32), plus `grad_norm` when recorded. For causal language models
+    each signal is the mean over that example's own label tokens (shifted, `-100` masked); `correct` is then the
+    fraction of its label tokens predicted correctly.
+
+    Args:
+        path (`str` or `None`): folder of the store; `None` keeps it in memory only.
+        metadata (`dict` or `None`): model class/name, dataset fingerprint, number of examples, scoring config.
+        write (`bool`, defaults to `True`): write chunks to `path` (only the main process writes in distributed runs).
+
+    Example:
+        ```python
+        >>> store = SignalStore.load("out/signals")
+        >>> store.summary().sort_values("aum").head()  # lowest AUM first: likely mislabeled or hard
+        ```
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, metadata: dict[str, Any] | None = None,
+                 write: bool = True):
+        self.path = None if path is None else os.fspath(path)
+        self._metadata: dict[str, Any] = dict(metadata or {})
+        self.write = write and self.path is not None
+        self._frames: dict[str, list[pd.DataFrame]] = {kind: [] for kind in KINDS}
+        self._files: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        self._next_chunk = 0
+        self._cache: dict[str, pd.DataFrame | None] = {kind: None for kind in KINDS}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SignalStore:
+        """Reopen a store folder written by [`ScoringTrainer`] (read-only until `write` is set).
+
+        Raises:
+            FileNotFoundError: if `path` holds no `metadata.json`.
+        """
+        path = os.fspath(path)
+        meta_path = os.path.join(path, METADATA_FILE)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(
+                f"No signal store at {path!r} (missing {METADATA_FILE}). Pass the folder written by ScoringTrainer, "
+                "by default <output_dir>/signals."
+            )
+        with open(meta_path) as handle:
+            content = json.load(handle)
+        if content.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"Store {path!r} has format version {content.get('format_version')!r}; this hf_influence reads "
+                f"version {FORMAT_VERSION}."
+            )
+        store = cls(path, content.get("metadata", {}), write=False)
+        store._next_chunk = int(content.get("next_chunk", 0))
+        for kind in KINDS:
+            for name in content.get("files", {}).get(kind, []):
+                store._files[kind].append(name)
+                store._frames[kind].append(_normalise(pd.read_parquet(os.path.join(path, name))))
+        return store
+
+    @classmethod
+    def from_records(cls, records: pd.DataFrame, dense: pd.DataFrame | None = None,
+                     metadata: dict[str, Any] | None = None) -> SignalStore:
+        """An in-memory store holding `records` (and optionally a dense table), e.g. to summarise hand-made data."""
+        store = cls(None, metadata)
+        store._frames[PRESENTATIONS].append(_normalise(records))
+        if dense is not None:
+            store._frames[DENSE].append(_normalise(dense))
+        return store
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether `path` holds a store (a `metadata.json`)."""
+        return os.path.isfile(os.path.join(os.fspath(path), METADATA_FILE))
+
+    # ------------------------------------------------------------------ metadata and compatibility
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Model class/name, dataset fingerprint, number of examples and the scoring config of the run."""
+        return dict(self._metadata)
+
+    def check_compatible(self, metadata: dict[str, Any], compare_config: Sequence[str] = ()) -> None:
+        """Refuse to continue this store with a run described by `metadata`.
+
+        Compares the dataset fingerprint, the number of examples, the model class and the config entries named in
+        `compare_config`.
+
+        Raises:
+            ValueError: listing every entry that differs, with both values.
+        """
+        differences = []
+        for key in _IDENTITY_KEYS:
+            old, new = self._metadata.get(key), metadata.get(key)
+            if old is not None and new is not None and old != new:
+                differences.append(f"{key}: store has {old!r}, this run has {new!r}")
+        old_config, new_config = self._metadata.get("config", {}), metadata.get("config", {})
+        for key in compare_config:
+            if key in old_config and old_config.get(key) != new_config.get(key):
+                differences.append(f"config.{key}: store has {old_config.get(key)!r}, this run has "
+                                   f"{new_config.get(key)!r}")
+        if differences:
+            raise ValueError(
+                f"The signal store at {self.path!r} was written for a different dataset or with different arguments, "
+                f"so it cannot be continued: {'; '.join(differences)}. Use another signals_dir/output_dir, or start "
+                "from scratch with overwrite_signals=True."
+            )
+
+    # ------------------------------------------------------------------ writing
+    def _write_manifest(self) -> None:
+        content = {
+            "format_version": FORMAT_VERSION,
+            "metadata": self._metadata,
+            "files": self._files,
+            "next_chunk": self._next_chunk,
+        }
+        _atomic_write_bytes(os.path.join(self.path, METADATA_FILE),
+                            json.dumps(content, indent=2, sort_keys=True, default=str).encode())
+
+    def initialize(self) -> None:
+        """Create the folder and write `metadata.json` (no-op when not writing)."""
+        if self.write:
+            os.makedirs(self.path, exist_ok=True)
+            self._write_manifest()
+
+    def append(self, frame: pd.DataFrame, kind: str = PRESENTATIONS) -> None:
+        """Add rows (one chunk file when writing). `kind` is `"presentations"` or `"dense"`."""
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}; choose one of {KINDS}.")
+        if len(frame) == 0:
+            return
+        frame = _normalise(frame)
+        self._frames[kind].append(frame)
+        self._cache[kind] = None
+        if self.write:
+            name = f"{kind}-{self._next_chunk:06d}.parquet"
+            self._next_chunk += 1
+            os.makedirs(self.path, exist_ok=True)
+            _atomic_write_parquet(os.path.join(self.path, name), frame)
+            self._files[kind].append(name)
+            self._write_manifest()
+
+    def truncate(self, global_step: int) -> None:
+        """Drop what was recorded after optimizer step `global_step` (used when resuming from a checkpoint).
+
+        Presentations with `step >= global_step` happened after the checkpoint and are dropped; dense evaluations
+        with `step <= global_step` ran before it and are kept. When writing, the kept rows are rewritten as one chunk
+        per kind, the manifest is replaced, then the old chunk files are removed.
+        """
+        keep = {PRESENTATIONS: lambda f: f[f["step"] < global_step], DENSE: lambda f: f[f["step"] <= global_step]}
+        old_files = {kind: list(files) for kind, files in self._files.items()}
+        for kind in KINDS:
+            frame = self._concat(kind)
+            kept = keep[kind](frame).reset_index(drop=True)
+            if len(kept) == len(frame) and len(self._frames[kind]) <= 1:
+                continue
+            self._frames[kind] = [kept] if len(kept) else []
+            self._cache[kind] = None
+            if self.write:
+                self._files[kind] = []
+                if len(kept):
+                    name = f"{kind}-{self._next_chunk:06d}.parquet"
+                    self._next_chunk += 1
+                    _atomic_write_parquet(os.path.join(self.path, name), kept)
+                    self._files[kind] = [name]
+        if self.write:
+            self._write_manifest()
+            for kind in KINDS:
+                for name in set(old_files[kind]) - set(self._files[kind]):
+                    try:
+                        os.remove(os.path.join(self.path, name))
+                    except FileNotFoundError:
+                        pass
+
+    def clear(self) -> None:
+        """Remove every record (and, when writing, this store's chunk files)."""
+        self.truncate(-1)
+
+    def existing_keys(self, kind: str, columns: Sequence[str]) -> pd.MultiIndex:
+        """The distinct tuples of `columns` already stored for `kind` (used to drop repeated rows)."""
+        frame = self._concat(kind)
+        return pd.MultiIndex.from_frame(frame[list(columns)].drop_duplicates())
+
+    # ------------------------------------------------------------------ reading
+    def _concat(self, kind: str) -> pd.DataFrame:
+        if self._cache[kind] is None:
+            frames = self._frames[kind]
+            if frames:
+                self._cache[kind] = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            else:
+                self._cache[kind] = _empty_frame((*KEY_COLUMNS, *SIGNAL_NAMES))
+        return self._cache[kind]
+
+    def records(self) -> pd.DataFrame:
+        """One row per presentation: `example_id, epoch, step`, the signals (and `grad_norm` if recorded)."""
+        return self._concat(PRESENTATIONS).copy()
+
+    def dense_records(self) -> pd.DataFrame:
+        """One row per example per dense evaluation (same columns as `records`; `step` = optimizer steps done)."""
+        return self._concat(DENSE).copy()
+
+    def __len__(self) -> int:
+        return len(self._concat(PRESENTATIONS))
+
+    def __repr__(self) -> str:
+        return (f"SignalStore(path={self.path!r}, presentations={len(self)}, "
+                f"dense={len(self._concat(DENSE))})")
+
+    # ------------------------------------------------------------------ summaries
+    def summary(self, forgetting_source: str | None = None) -> pd.DataFrame:
+        """Per-example scores, indexed by `example_id`.
+
+        Columns:
+
+        - `forgetting`: number of forgetting events (Toneva et al., ICLR 2019): transitions `acc_t > acc_{t+1}`
+          between consecutive evaluations of the example ordered by step; `inf` for an example never learned (never
+          correct). Higher = harder.
+        - `aum`: area under the margin (Pleiss et al., NeurIPS 2020, Eq. 1-2), the mean over presentations of the
+          logit margin `z_y - max_{k!=y} z_k`. Lower = harder / likely mislabeled.
+        - `confidence`, `variability`, `correctness`: dataset cartography (Swayamdipta et al., EMNLP 2020): the mean
+          over epochs of `prob_gold`, its population standard deviation over epochs, and the mean over epochs of
+          `correct` (the fraction of epochs correct). Each epoch is first reduced to the mean of that example's
+          presentations in the epoch. Higher confidence = easier; high variability = ambiguous.
+        - `mean_loss`: mean loss over presentations. Higher = harder.
+        - `el2n_epoch_<k>`: EL2N (Paul et al., NeurIPS 2021, Def. 2.3) from the training forward passes of epoch k
+          (mean of that epoch's presentations). Higher = harder.
+        - `mean_grad_norm`: mean per-example gradient norm over presentations, when recorded. Higher = harder.
+
+        NaN signals (e.g. a NaN loss) are skipped by the means.
+
+        Args:
+            forgetting_source (`str` or `None`): `"dense"` counts forgetting on the dense evaluations,
+                `"presentations"` on the training minibatch presentations. `None` uses `"dense"` when the store
+                has a dense table.
+
+        Returns:
+            `pandas.DataFrame` indexed by `example_id`.
+        """
+        records = self._concat(PRESENTATIONS)
+        dense = self._concat(DENSE)
+        if forgetting_source is None:
+            forgetting_source = "dense" if len(dense) else "presentations"
+        if forgetting_source not in FORGETTING_SOURCES:
+            raise ValueError(f"forgetting_source={forgetting_source!r}; choose one of {FORGETTING_SOURCES}.")
+        if forgetting_source == "dense" and not len(dense):
+            raise ValueError("forgetting_source='dense' but the store has no dense table; train with "
+                             "dense_eval_steps set, or use forgetting_source='presentations'.")
+        if not len(records):
+            raise ValueError(f"The store at {self.path!r} holds no presentations yet; nothing to summarise.")
+        return summarize_records(records, dense if forgetting_source == "dense" else records)
+
+    @staticmethod
+    def combine(stores: Sequence[SignalStore], forgetting_source: str | None = None
+                ) -> tuple[pd.DataFrame, pd.Series]:
+        """Combine runs (e.g. seeds) of the same dataset: mean per score, and the stability of each score.
+
+        Paul et al. (2021) average EL2N over 10 runs; the stability of a score is the mean pairwise Spearman rank
+        correlation of its values between runs (1 = every run ranks the examples the same way).
+
+        Args:
+            stores (sequence of `SignalStore`): at least one store; all for the same dataset.
+            forgetting_source (`str` or `None`): passed to each `summary()`.
+
+        Returns:
+            `(summary, stability)`: the mean of every score column over runs (indexed by `example_id`, restricted
+            to examples present in every run), and a `pandas.Series` of mean pairwise Spearman correlations per score
+            (NaN with a single run or a constant score).
+
+        Raises:
+            ValueError: if no store is given or the stores were written for different datasets.
+        """
+        stores = list(stores)
+        if not stores:
+            raise ValueError("SignalStore.combine needs at least one store.")
+        reference = stores[0].metadata
+        for index, store in enumerate(stores[1:], start=1):
+            for key in ("dataset_fingerprint", "num_examples"):
+                old, new = reference.get(key), store.metadata.get(key)
+                if old is not None and new is not None and old != new:
+                    raise ValueError(f"Cannot combine stores of different datasets: store 0 has {key}={old!r}, "
+                                     f"store {index} has {new!r}.")
+        summaries = [store.summary(forgetting_source=forgetting_source) for store in stores]
+        common = summaries[0].index
+        for summary in summaries[1:]:
+            common = common.intersection(summary.index)
+        if any(len(summary.index) != len(common) for summary in summaries):
+            logger.warning(f"Combining {len(stores)} runs over the {len(common)} examples present in every run.")
+        columns = list(dict.fromkeys(c for summary in summaries for c in summary.columns))
+        stacked = np.stack([s.reindex(index=common, columns=columns).to_numpy(dtype=np.float64)
+                            for s in summaries])
+        with np.errstate(invalid="ignore"):
+            mean = _nanmean_keep_inf(stacked)
+        combined = pd.DataFrame(mean, index=common, columns=columns)
+        combined.index.name = "example_id"
+        stability = {}
+        for j, column in enumerate(columns):
+            correlations = [_spearman(stacked[a, :, j], stacked[b, :, j])
+                            for a, b in combinations(range(len(stores)), 2)]
+            correlations = [c for c in correlations if not math.isnan(c)]
+            stability[column] = float(np.mean(correlations)) if correlations else float("nan")
+        return combined, pd.Series(stability, name="spearman")
+
+
+def _nanmean_keep_inf(stacked: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; an inf in any run makes the mean inf (e.g. never-learned forgetting)."""
+    finite_or_inf = ~np.isnan(stacked)
+    counts = finite_or_inf.sum(axis=0)
+    total = np.where(finite_or_inf, stacked, 0.0).sum(axis=0)
+    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    keep = ~(np.isnan(a) | np.isnan(b))
+    if keep.sum() < 2 or np.unique(a[keep]).size < 2 or np.unique(b[keep]).size < 2:
+        return float("nan")
+    return float(spearmanr(a[keep], b[keep]).statistic)
+
+
+def forgetting_events(frame: pd.DataFrame) -> pd.Series:
+    """Toneva et al. (2019) forgetting events per example from rows `example_id, step, correct`.
+
+    Counts transitions `correct_t > correct_{t+1}` between consecutive rows of an example ordered by step; an
+    example whose `correct` is never above 0 is never learned and gets `inf`.
+    """
+    ordered = frame.sort_values(["example_id", "step"], kind="stable")
+    correct = ordered["correct"].astype("float64")
+    previous = correct.groupby(ordered["example_id"]).shift(1)
+    events = (previous > correct).groupby(ordered["example_id"]).sum().astype("float64")
+    learned = (correct > 0).groupby(ordered["example_id"]).any()
+    return events.where(learned, float("inf")).rename("forgetting")
+
+
+def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The per-example summary of [`SignalStore.summary`] from a records frame (see there for the columns).
+
+    Args:
+        records (`pandas.DataFrame`): one row per presentation (`example_id, epoch, step` and the signals).
+        forgetting_frame (`pandas.DataFrame` or `None`): rows to count forgetting events on (defaults to `records`).
+    """
+    records = records.copy()
+    for name in records.columns:
+        if name not in KEY_COLUMNS:
+            records[name] = records[name].astype("float64")
+    by_example = records.groupby("example_id")
+    per_epoch = records.groupby(["example_id", "epoch"])[["prob_gold", "correct", "el2n"]].mean()
+    epoch_groups = per_epoch.groupby(level="example_id")
+    summary = pd.DataFrame({
+        "forgetting": forgetting_events(records if forgetting_frame is None else forgetting_frame),
+        "aum": by_example["margin"].mean(),
+        "confidence": epoch_groups["prob_gold"].mean(),
+        "variability": epoch_groups["prob_gold"].std(ddof=0),
+        "correctness": epoch_groups["correct"].mean(),
+        "mean_loss": by_example["loss"].mean(),
+    })
+    summary = summary.reindex(by_example.size().index)
+    el2n = per_epoch["el2n"].unstack("epoch")
+    for epoch in sorted(el2n.columns):
+        summary[f"el2n_epoch_{int(epoch)}"] = el2n[epoch]
+    if "grad_norm" in records.columns:
+        summary["mean_grad_norm"] = by_example["grad_norm"].mean()
+    summary.index.name = "example_id"
+    return summary

@@ -1,0 +1,525 @@
+"""`ScoringTrainer`: a `transformers.Trainer` that records per-example training dynamics from its own forward pass.
+
+Per presentation of an example in a training minibatch, the signals of `hf_influence.signals` (`loss`, `prob_gold`,
+`margin`, `correct`, `el2n`, `entropy`) are computed under `no_grad` in float32 from the logits of the training
+forward pass (no extra pass), and stored in a [`SignalStore`] under `output_dir/signals`. Training itself is not
+changed: the loss, its gradients and the data order are the parent trainer's.
+
+For causal language models each signal is computed per label token (logits shifted by one position, labels equal to
+-100 masked) and averaged over that example's own label tokens, so a long example weighs as much as a short one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.utils import logging
+
+from .config import ScoringOptions
+from .data import ExampleIdCollator, add_example_ids, validate_class_labels
+from .signals import SIGNAL_NAMES, causal_lm_signals, token_signals
+from .store import DENSE, PRESENTATIONS, SignalStore
+
+logger = logging.get_logger(__name__)
+
+# Config entries that must agree between a store and the run that continues it.
+_RESUME_CONFIG_KEYS: tuple[str, ...] = (
+    "task", "example_id_column", "record_grad_norm", "dense_eval_steps", "dense_eval_max_epoch", "seed", "data_seed",
+    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "group_by_length",
+)
+_PACKED_BATCH_KEYS: tuple[str, ...] = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens", "seq_idx")
+
+
+def _unwrap_peft(model):
+    if hasattr(model, "get_base_model"):
+        try:
+            return model.get_base_model()
+        except Exception:  # noqa: BLE001 - PeftMixedModel and friends
+            pass
+    return model
+
+
+def resolve_task(model, task: str = "auto") -> str:
+    """`"sequence_classification"` or `"causal_lm"` for `model` (a `PreTrainedModel`, possibly PEFT-wrapped).
+
+    Raises:
+        ValueError: if `task="auto"` and the model class is neither, or the classifier is not single-label.
+    """
+    base = _unwrap_peft(model)
+    name = type(base).__name__
+    if task == "auto":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if name.endswith("ForSequenceClassification"):
+            task = "sequence_classification"
+        elif name.endswith("ForCausalLM") or name.endswith("LMHeadModel") or \
+                name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+            task = "causal_lm"
+        else:
+            raise ValueError(
+                f"Cannot detect the task of a {name}: ScoringTrainer records signals for '*ForSequenceClassification' "
+                "and causal language models. Set task='sequence_classification' or task='causal_lm' in ScoringConfig."
+            )
+    if task == "sequence_classification":
+        problem_type = getattr(getattr(base, "config", None), "problem_type", None)
+        if problem_type in ("regression", "multi_label_classification"):
+            raise ValueError(
+                f"The model's problem_type is {problem_type!r}; ScoringTrainer records signals for single-label "
+                "classification only (one integer class per example)."
+            )
+    return task
+
+
+class _SignalCallback(TrainerCallback):
+    """Drives the store from the training loop: open on train begin, dense evals, flush on save/epoch/train end."""
+
+    def __init__(self, trainer: ScoringMixin):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._open_store(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._maybe_dense_evaluate(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer._flush_signals()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer._flush_signals()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._flush_signals()
+        self.trainer._recording = False
+
+
+class ScoringMixin:
+    """Adds per-example signal recording to any `transformers.Trainer` subclass.
+
+    Put it first in the bases: `class ScoringSFTTrainer(ScoringMixin, trl.SFTTrainer): pass`. The mixin
+
+    - keeps the example id column through `remove_unused_columns` and any data collator (wrapped with
+      `hf_influence.data.ExampleIdCollator`), adds ids `0..n-1` to a training set without them (logging it), and never
+      passes the ids to the model;
+    - computes the signals in `compute_loss` from the logits of the training forward pass, under `no_grad`, in
+      float32, and only in training mode (never during evaluation);
+    - buffers them on the device and writes them to the [`SignalStore`] at each epoch end, each checkpoint save and
+      the end of training (gathered over processes; the samples that DDP repeats to even out the last batch are
+      recorded once);
+    - optionally records per-example gradient norms (`record_grad_norm`) and dense evaluations (`dense_eval_steps`).
+
+    Scoring options are read from the training arguments (a [`ScoringConfig`], or any arguments object carrying the
+    same fields); missing ones take the [`ScoringConfig`] defaults.
+
+    With trl's `SFTTrainer`, whose training forward uses a fused LM head that never builds the logits, the logits come
+    from trl's own `return_outputs=True` path, which recomputes them with one extra `no_grad` forward per batch.
+
+    After `train()`, `trainer.signal_store` holds the [`SignalStore`].
+    """
+
+    signal_store: SignalStore | None
+
+    def __init__(self, *args, **kwargs):
+        bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
+        training_args = bound.arguments.get("args")
+        column = getattr(training_args, "example_id_column", ScoringOptions.example_id_column)
+        train_dataset = bound.arguments.get("train_dataset")
+        if train_dataset is not None:
+            bound.arguments["train_dataset"] = self._with_example_ids(train_dataset, column)
+        super().__init__(*bound.args, **bound.kwargs)
+        self._scoring = ScoringOptions.from_args(self.args)
+        self.signal_store = None
+        self._recording = False
+        self._buffers: dict[str, list] = {PRESENTATIONS: [], DENSE: []}
+        self._nan_warned = False
+        self._task: str | None = None
+        self._store_session: object | None = None
+        self._train_session: object | None = None
+        self._grad_collector = None
+        self._check_collator(self.data_collator)
+        if not isinstance(self.data_collator, ExampleIdCollator):
+            self.data_collator = ExampleIdCollator(self.data_collator, self._scoring.example_id_column)
+        self.add_callback(_SignalCallback(self))
+
+    # ------------------------------------------------------------------ set-up and validation
+    @staticmethod
+    def _with_example_ids(dataset, column: str):
+        try:
+            size = len(dataset)
+        except TypeError:
+            size = None
+        if size == 0:
+            raise ValueError("The training dataset is empty: there is nothing to train on or score. Check your "
+                             "filtering and splits.")
+        import datasets
+
+        if isinstance(dataset, datasets.Dataset) and column not in dataset.column_names:
+            logger.warning(f"The training dataset has no {column!r} column; adding ids 0..{size - 1} in the current "
+                           f"row order. Call hf_influence.add_example_ids before any shuffle/select to control them.")
+            dataset = add_example_ids(dataset, column)
+        return dataset
+
+    def _check_collator(self, collator) -> None:
+        inner = collator.collator if isinstance(collator, ExampleIdCollator) else collator
+        from transformers import DataCollatorWithFlattening
+
+        packed = isinstance(inner, DataCollatorWithFlattening) or bool(getattr(inner, "padding_free", False))
+        for flag in ("packing", "padding_free"):
+            packed = packed or bool(getattr(self.args, flag, False))
+        if packed:
+            raise ValueError(
+                "Packing / padding-free collation merges several examples into one row, so per-example signals are "
+                "undefined. Use a padding collator (e.g. DataCollatorWithPadding) and set packing=False, "
+                "padding_free=False."
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        column = self._scoring.example_id_column if hasattr(self, "_scoring") else getattr(
+            self.args, "example_id_column", ScoringOptions.example_id_column)
+        if self._signature_columns is not None and column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, column]
+
+    def _validate_training_set(self) -> None:
+        """Checks done before training: task, dataset size, ids, and (classification) the label column."""
+        import datasets
+
+        self._task = resolve_task(self.model, self._scoring.task)
+        dataset = self.train_dataset
+        if dataset is None:
+            return
+        try:
+            size = len(dataset)
+        except TypeError:
+            return
+        if size == 0:
+            raise ValueError("The training dataset is empty: there is nothing to train on or score.")
+        if not isinstance(dataset, datasets.Dataset):
+            return
+        column = self._scoring.example_id_column
+        if column not in dataset.column_names:
+            raise ValueError(f"The training dataset has no {column!r} column (it was dropped after the trainer was "
+                             "created). Add it with hf_influence.add_example_ids(dataset).")
+        if self._task == "sequence_classification":
+            label_column = next((c for c in ("labels", "label", "label_ids") if c in dataset.column_names), None)
+            if label_column is None:
+                raise ValueError(
+                    f"The training dataset has no label column (looked for 'labels', 'label', 'label_ids'; it has "
+                    f"{dataset.column_names}). ScoringTrainer needs the gold class of every example."
+                )
+            num_labels = getattr(_unwrap_peft(self.model).config, "num_labels", None)
+            labels = dataset.with_format("numpy")[label_column]
+            validate_class_labels(np.asarray(labels), num_labels, label_column)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """Train as the parent trainer does, recording signals (see [`ScoringMixin`]). Same arguments as
+        `Trainer.train`; `resume_from_checkpoint` also continues the signal store from that checkpoint."""
+        if self._scoring.record_signals:
+            self._validate_training_set()
+            if self._scoring.record_grad_norm:
+                self._make_grad_collector()
+        self._train_session = object()
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ------------------------------------------------------------------ store life cycle
+    def _store_metadata(self) -> dict[str, Any]:
+        model = _unwrap_peft(self.accelerator.unwrap_model(self.model))
+        dataset = self.train_dataset
+        try:
+            size = len(dataset)
+        except TypeError:
+            size = None
+        config = self._scoring.to_dict()
+        config["task"] = self._task or config["task"]
+        for key in ("seed", "data_seed", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                    "world_size", "group_by_length", "num_train_epochs", "max_steps"):
+            config[key] = getattr(self.args, key, None)
+        return {
+            "model_class": type(model).__name__,
+            "model_name": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+            "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+            "num_examples": size,
+            "trainer_class": type(self).__name__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": config,
+        }
+
+    def _open_store(self, global_step: int) -> None:
+        """Called on train begin (also when `auto_find_batch_size` restarts the loop)."""
+        self._buffers = {PRESENTATIONS: [], DENSE: []}
+        self._recording = self._scoring.record_signals
+        if not self._recording:
+            return
+        path = self._scoring.resolve_signals_dir(self.args.output_dir)
+        write = self.is_world_process_zero()
+        metadata = self._store_metadata()
+        if self.signal_store is not None and self._store_session is self._train_session:
+            self.signal_store.truncate(global_step)  # the inner loop restarted within this train() call
+            return
+        if SignalStore.exists(path):
+            store = SignalStore.load(path)
+            if global_step > 0:
+                store.check_compatible(metadata, _RESUME_CONFIG_KEYS)
+                self.accelerator.wait_for_everyone()  # every rank has read the files before they are rewritten
+                store.write = write
+                store.truncate(global_step)
+                logger.info(f"Continuing the signal store at {path} from step {global_step}.")
+            elif len(store) == 0 and not len(store.dense_records()) or self._scoring.overwrite_signals:
+                self.accelerator.wait_for_everyone()
+                store.write = write
+                store.clear()
+                store = SignalStore(path, metadata, write=write)
+                store.initialize()
+            else:
+                raise ValueError(
+                    f"{path} already holds a signal store from an earlier run ({len(store)} presentations). Resume "
+                    "it with trainer.train(resume_from_checkpoint=...), choose another output_dir/signals_dir, or "
+                    "set overwrite_signals=True to replace it."
+                )
+        else:
+            if global_step > 0:
+                logger.warning(f"Resuming from step {global_step} without a signal store at {path}: the signals of "
+                               "the steps before the checkpoint are missing.")
+            store = SignalStore(path, metadata, write=write)
+            store.initialize()
+        self.accelerator.wait_for_everyone()
+        self.signal_store = store
+        self._store_session = self._train_session
+
+    def _flush_signals(self) -> None:
+        """Move the buffered signals to the CPU, gather them over processes and append them to the store."""
+        if not self._recording or self.signal_store is None:
+            return
+        world_size = self.accelerator.num_processes
+        for kind, key in ((PRESENTATIONS, ("example_id", "epoch")), (DENSE, ("example_id", "step"))):
+            frame = self._drain(kind)
+            if world_size > 1:
+                from accelerate.utils import gather_object
+
+                frames = [f for f in gather_object([frame]) if len(f)]
+                frame = pd.concat(frames, ignore_index=True) if frames else frame
+                # DDP's even_batches repeats samples to fill the last batch: keep the first presentation only.
+                frame = frame.sort_values(["step", "example_id"], kind="stable").drop_duplicates(list(key))
+                if len(frame):
+                    seen = self.signal_store.existing_keys(kind, key)
+                    frame = frame[~pd.MultiIndex.from_frame(frame[list(key)]).isin(seen)]
+            if len(frame) and kind == PRESENTATIONS and not self._nan_warned and frame["loss"].isna().any():
+                self._nan_warned = True
+                logger.warning(f"{int(frame['loss'].isna().sum())} presentations have a NaN loss (e.g. example "
+                               f"{int(frame.loc[frame['loss'].isna(), 'example_id'].iloc[0])}); they are recorded as "
+                               "NaN and skipped by the summaries. This warning is shown once.")
+            self.signal_store.append(frame, kind)
+
+    def _drain(self, kind: str) -> pd.DataFrame:
+        buffer, self._buffers[kind] = self._buffers[kind], []
+        columns = list(SIGNAL_NAMES) + (["grad_norm"] if self._scoring.record_grad_norm and kind == PRESENTATIONS
+                                        else [])
+        if not buffer:
+            return pd.DataFrame({"example_id": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64),
+                                 "step": np.zeros(0, np.int64),
+                                 **{c: np.zeros(0, np.float32) for c in columns}})
+        ids = torch.cat([entry["ids"] for entry in buffer]).cpu().numpy().astype(np.int64)
+        values = torch.cat([entry["values"] for entry in buffer]).cpu().numpy()
+        sizes = [entry["ids"].shape[0] for entry in buffer]
+        frame = pd.DataFrame({
+            "example_id": ids,
+            "epoch": np.repeat([entry["epoch"] for entry in buffer], sizes).astype(np.int64),
+            "step": np.repeat([entry["step"] for entry in buffer], sizes).astype(np.int64),
+        })
+        for j, name in enumerate(SIGNAL_NAMES):
+            frame[name] = values[:, j]
+        if "grad_norm" in columns:
+            norms = [entry.get("grad_norm") for entry in buffer]
+            frame["grad_norm"] = torch.cat([
+                n if n is not None else torch.full((s,), float("nan"), device=entry["ids"].device)
+                for n, s, entry in zip(norms, sizes, buffer)]).float().cpu().numpy()
+        return frame
+
+    # ------------------------------------------------------------------ signals from the forward pass
+    def _current_epoch(self) -> int:
+        return int(math.floor(self.state.epoch or 0.0))
+
+    def _signals(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = logits.detach()
+        if self._task == "causal_lm":
+            if logits.dim() != 3:
+                raise ValueError(f"task='causal_lm' expects logits [batch, seq, vocab], got {tuple(logits.shape)}.")
+            return causal_lm_signals(logits, labels)
+        if logits.dim() != 2:
+            raise ValueError(f"task='sequence_classification' expects logits [batch, num_labels], got "
+                             f"{tuple(logits.shape)}. Set task='causal_lm' for language models.")
+        # labels were range-checked on the dataset before training; token_signals avoids a device sync per step
+        return token_signals(logits, labels)
+
+    def _check_batch(self, inputs: dict[str, Any], ids: torch.Tensor) -> torch.Tensor:
+        packed = [k for k in _PACKED_BATCH_KEYS if k in inputs]
+        rows = inputs["input_ids"].shape[0] if torch.is_tensor(inputs.get("input_ids")) else ids.shape[0]
+        if packed or rows != ids.shape[0]:
+            raise ValueError(
+                f"The batch looks packed / padding-free ({ids.shape[0]} examples in {rows} rows"
+                f"{', keys ' + ', '.join(packed) if packed else ''}): per-example signals need one example per row. "
+                "Use a padding collator (e.g. DataCollatorWithPadding) and disable packing/padding_free."
+            )
+        labels = inputs.get("labels", inputs.get("label"))
+        if labels is None:
+            raise ValueError(
+                f"The training batch has no 'labels' (keys: {sorted(inputs)}). ScoringTrainer needs the gold labels: "
+                "a 'label' column for classification, or a collator that sets 'labels' for causal LM (e.g. "
+                "DataCollatorForLanguageModeling(tokenizer, mlm=False))."
+            )
+        return labels
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """The parent's loss; in training mode also records the signals of every example of the batch."""
+        column = self._scoring.example_id_column
+        ids = inputs.get(column) if hasattr(inputs, "get") else None
+        if ids is not None:
+            inputs = {k: v for k, v in inputs.items() if k != column}
+        if not (self._recording and ids is not None and model.training):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = self._check_batch(inputs, ids)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+        if logits is None:
+            raise ValueError(
+                f"{type(outputs).__name__} carries no logits: kernels that fuse the LM head and the loss (e.g. "
+                "Liger's fused linear cross-entropy) skip them. Disable them (use_liger_kernel=False)."
+            )
+        signals = self._signals(logits, labels)
+        values = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+        self._buffers[PRESENTATIONS].append({
+            "ids": ids.detach().to(values.device), "values": values, "step": int(self.state.global_step),
+            "epoch": self._current_epoch(), "num_tokens": signals.get("num_tokens"),
+        })
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        column = self._scoring.example_id_column
+        if hasattr(inputs, "get") and column in inputs:
+            inputs = {k: v for k, v in inputs.items() if k != column}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    # ------------------------------------------------------------------ per-example gradient norms
+    def _make_grad_collector(self) -> None:
+        try:
+            from .grads import GhostNormCollector
+        except ImportError as error:
+            raise ImportError(
+                "record_grad_norm=True needs hf_influence.grads.GhostNormCollector, which this installation lacks "
+                f"({error}). Set record_grad_norm=False."
+            ) from error
+        if getattr(self, "label_smoother", None) is not None or self.compute_loss_func is not None:
+            raise ValueError("record_grad_norm=True needs the plain cross-entropy loss; it cannot be combined with "
+                             "label_smoothing_factor or compute_loss_func.")
+        model = self.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self._grad_collector = GhostNormCollector(model, params=params)
+
+    def training_step(self, model, inputs, num_items_in_batch=None, *args, **kwargs):
+        """The parent's training step; with `record_grad_norm`, the backward also yields per-example grad norms."""
+        if not (self._recording and self._grad_collector is not None and model.training):
+            return super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
+        before = len(self._buffers[PRESENTATIONS])
+        with self._grad_collector:
+            loss = super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
+        if len(self._buffers[PRESENTATIONS]) == before:
+            return loss
+        entry = self._buffers[PRESENTATIONS][-1]
+        squared = self._grad_collector.squared_norms().detach().float()
+        # The backward'd scalar is L = sum_i w_i * loss_i with loss_i the example's own loss (mean over its label
+        # tokens for causal LM). Its weights are proportional to 1 (classification: a batch mean) or to the number of
+        # label tokens n_i (causal LM: a token sum over the accumulation window), and their scale is read off L itself,
+        # so gradient accumulation, num_items_in_batch and multi-process scaling are all accounted for.
+        own_losses = entry["values"][:, SIGNAL_NAMES.index("loss")].to(squared.device)
+        weights = entry["num_tokens"].float().to(squared.device) if entry["num_tokens"] is not None else \
+            torch.ones_like(own_losses)
+        scale = 1.0
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            scale = float(scaler.get_scale())
+        weighted = torch.nansum(weights * own_losses)
+        factor = loss.detach().float().to(squared.device) * scale / weighted
+        contribution = (weights * factor).abs()
+        entry["grad_norm"] = torch.where(contribution > 0, squared.clamp_min(0).sqrt() / contribution,
+                                         torch.full_like(squared, float("nan")))
+        return loss
+
+    # ------------------------------------------------------------------ dense evaluations
+    def _maybe_dense_evaluate(self, state) -> None:
+        every = self._scoring.dense_eval_steps
+        if not (self._recording and every and state.global_step % every == 0):
+            return
+        max_epoch = self._scoring.dense_eval_max_epoch
+        if max_epoch is not None and self._current_epoch() >= max_epoch:
+            return
+        self.dense_evaluate(step=state.global_step)
+
+    @torch.no_grad()
+    def dense_evaluate(self, step: int | None = None) -> None:
+        """Evaluate the whole training set (eval mode, `no_grad`) and buffer its signals in the dense table.
+
+        The random number generators are restored afterwards, so training continues exactly as without it.
+        """
+        step = self.state.global_step if step is None else step
+        model = self.model
+        was_training = model.training
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        column = self._scoring.example_id_column
+        epoch = self._current_epoch()
+        try:
+            model.eval()
+            dataloader = self.get_test_dataloader(self.train_dataset)
+            for batch in dataloader:
+                inputs = self._prepare_inputs(batch)
+                ids = inputs[column]
+                inputs = {k: v for k, v in inputs.items() if k != column}
+                labels = self._check_batch(inputs, ids)
+                with self.compute_loss_context_manager():
+                    outputs = model(**inputs)
+                logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+                signals = self._signals(logits, labels)
+                values = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+                self._buffers[DENSE].append({"ids": ids.to(values.device), "values": values, "step": int(step),
+                                             "epoch": epoch})
+        finally:
+            model.train(was_training)
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+
+
+class ScoringTrainer(ScoringMixin, Trainer):
+    """A `transformers.Trainer` that records per-example training signals into a [`SignalStore`].
+
+    Same constructor and `train()` as `Trainer`; pass a [`ScoringConfig`] as `args` to set the scoring options.
+    Sequence classification (`*ForSequenceClassification`, single label) and causal language models (plain or
+    PEFT/LoRA) are supported; for causal LM each signal is averaged over the example's own label tokens.
+
+    Example:
+        ```python
+        >>> from hf_influence import ScoringConfig, ScoringTrainer, add_example_ids
+        >>> args = ScoringConfig(output_dir="out", num_train_epochs=3, per_device_train_batch_size=32)
+        >>> trainer = ScoringTrainer(model=model, args=args, train_dataset=add_example_ids(train),
+        ...                          data_collator=DataCollatorWithPadding(tokenizer))
+        >>> trainer.train()
+        >>> summary = trainer.signal_store.summary()  # forgetting, aum, confidence, variability, ... per example_id
+        ```
+    """
+
+
+def signals_dir_of(args) -> str:
+    """The folder of the signal store of a run with training arguments `args`."""
+    return ScoringOptions.from_args(args).resolve_signals_dir(getattr(args, "output_dir", None))
+
+
+__all__ = ["ScoringMixin", "ScoringTrainer", "resolve_task", "signals_dir_of"]
