@@ -1,0 +1,194 @@
+"""SignalStore: summary formulas against hand computations, combine + Spearman, on-disk chunks, truncate, refusal."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hf_influence.store import SignalStore
+
+# (example_id, epoch, step, correct, prob_gold, margin, loss, el2n)
+ROWS = [
+    (0, 0, 0, 1.0, 0.6, 0.5, 0.51, 0.40),
+    (0, 0, 3, 0.0, 0.3, -0.2, 1.20, 0.90),
+    (0, 1, 5, 1.0, 0.8, 1.0, 0.22, 0.20),
+    (1, 0, 1, 0.0, 0.1, -1.0, 2.30, 1.20),
+    (1, 1, 4, 0.0, 0.2, -0.5, 1.61, 1.00),
+    (2, 0, 2, 1.0, 0.9, 2.0, 0.10, 0.10),
+    (2, 1, 6, 1.0, 0.95, 3.0, 0.05, 0.05),
+    # example 3: learned, forgotten, relearned, forgotten (presented out of step order in the frame)
+    (3, 1, 9, 0.0, 0.4, -0.1, 0.9, 0.7),
+    (3, 0, 1, 1.0, 0.7, 0.3, 0.35, 0.3),
+    (3, 0, 2, 0.0, 0.45, -0.05, 0.8, 0.6),
+    (3, 1, 8, 1.0, 0.6, 0.2, 0.5, 0.5),
+]
+
+
+def _frame(rows=ROWS, entropy=0.5):
+    columns = ["example_id", "epoch", "step", "correct", "prob_gold", "margin", "loss", "el2n"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["entropy"] = entropy
+    return frame
+
+
+def _hand_summary(rows):
+    """Straight loops over the rows, following Toneva / Pleiss / Swayamdipta / Paul."""
+    out = {}
+    for example in sorted({r[0] for r in rows}):
+        own = sorted([r for r in rows if r[0] == example], key=lambda r: r[2])
+        correct = [r[3] for r in own]
+        events = sum(1 for a, b in zip(correct, correct[1:]) if a > b)
+        forgetting = events if max(correct) > 0 else math.inf
+        epochs = sorted({r[1] for r in own})
+        prob_by_epoch = [np.mean([r[4] for r in own if r[1] == e]) for e in epochs]
+        correct_by_epoch = [np.mean([r[3] for r in own if r[1] == e]) for e in epochs]
+        mu = sum(prob_by_epoch) / len(epochs)
+        sigma = math.sqrt(sum((p - mu) ** 2 for p in prob_by_epoch) / len(epochs))
+        entry = {
+            "forgetting": forgetting,
+            "aum": sum(r[5] for r in own) / len(own),
+            "confidence": mu,
+            "variability": sigma,
+            "correctness": sum(correct_by_epoch) / len(epochs),
+            "mean_loss": sum(r[6] for r in own) / len(own),
+        }
+        for e in epochs:
+            entry[f"el2n_epoch_{e}"] = np.mean([r[7] for r in own if r[1] == e])
+        out[example] = entry
+    return out
+
+
+def test_summary_matches_hand_computation():
+    summary = SignalStore.from_records(_frame()).summary()
+    expected = _hand_summary(ROWS)
+    assert list(summary.index) == [0, 1, 2, 3]
+    assert summary.index.name == "example_id"
+    for example, entry in expected.items():
+        for column, value in entry.items():
+            got = summary.loc[example, column]
+            if math.isinf(value):
+                assert math.isinf(got), (example, column, got)
+            else:
+                assert got == pytest.approx(value, abs=1e-6), (example, column)
+    # spot checks of the hand numbers themselves
+    assert summary.loc[0, "forgetting"] == 1 and summary.loc[3, "forgetting"] == 2
+    assert summary.loc[2, "forgetting"] == 0
+    assert math.isinf(summary.loc[1, "forgetting"])
+    assert summary.loc[0, "confidence"] == pytest.approx((0.45 + 0.8) / 2, abs=1e-6)
+    assert summary.loc[0, "variability"] == pytest.approx(0.175, abs=1e-6)
+    assert summary.loc[0, "correctness"] == pytest.approx(0.75)
+
+
+def test_dense_forgetting_is_default_when_present():
+    dense_rows = [(0, 0, 2, 1.0), (0, 0, 4, 0.0), (0, 0, 6, 1.0), (0, 1, 8, 0.0),
+                  (1, 0, 2, 0.0), (1, 0, 4, 0.0), (2, 0, 2, 1.0), (2, 0, 4, 1.0), (3, 0, 2, 0.0), (3, 0, 4, 1.0)]
+    dense = pd.DataFrame(dense_rows, columns=["example_id", "epoch", "step", "correct"])
+    for name in ("prob_gold", "margin", "loss", "el2n", "entropy"):
+        dense[name] = 0.0
+    store = SignalStore.from_records(_frame(), dense=dense)
+    default = store.summary()
+    assert default.loc[0, "forgetting"] == 2  # 1,0,1,0
+    assert math.isinf(default.loc[1, "forgetting"])
+    assert default.loc[2, "forgetting"] == 0 and default.loc[3, "forgetting"] == 0
+    presentations = store.summary(forgetting_source="presentations")
+    assert presentations.loc[3, "forgetting"] == 2
+    # the other columns do not depend on the forgetting source
+    pd.testing.assert_frame_equal(default.drop(columns="forgetting"), presentations.drop(columns="forgetting"))
+    with pytest.raises(ValueError, match="forgetting_source"):
+        store.summary(forgetting_source="eval")
+    with pytest.raises(ValueError, match="no dense table"):
+        SignalStore.from_records(_frame()).summary(forgetting_source="dense")
+
+
+def test_nan_signals_are_skipped_by_means():
+    rows = [list(r) for r in ROWS]
+    rows[0][6] = float("nan")  # NaN loss of example 0 at step 0
+    summary = SignalStore.from_records(_frame(rows)).summary()
+    assert summary.loc[0, "mean_loss"] == pytest.approx((1.20 + 0.22) / 2)
+
+
+def test_combine_mean_and_spearman():
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(3):
+        rows = [(i, e, 10 * e + i, float(rng.integers(0, 2)), float(rng.uniform()), float(rng.normal()),
+                 float(rng.uniform(0, 3)), float(rng.uniform())) for i in range(9) for e in range(2)]
+        frames.append(_frame(rows))
+    stores = [SignalStore.from_records(f, metadata={"num_examples": 9}) for f in frames]
+    summaries = [s.summary() for s in stores]
+    combined, stability = SignalStore.combine(stores)
+    for column in ("aum", "confidence", "mean_loss", "el2n_epoch_1"):
+        np.testing.assert_allclose(combined[column], np.mean([s[column] for s in summaries], axis=0), atol=1e-9)
+
+        def rank(x):
+            return pd.Series(x).rank().to_numpy()
+
+        pairs = [(0, 1), (0, 2), (1, 2)]
+        expected = np.mean([np.corrcoef(rank(summaries[a][column]), rank(summaries[b][column]))[0, 1]
+                            for a, b in pairs])
+        assert stability[column] == pytest.approx(expected, abs=1e-9)
+    # identical runs are perfectly stable
+    _, same = SignalStore.combine([stores[0], SignalStore.from_records(frames[0])])
+    assert same["aum"] == pytest.approx(1.0)
+    # a single run: mean = itself, stability undefined
+    alone, single = SignalStore.combine([stores[0]])
+    pd.testing.assert_series_equal(alone["aum"], summaries[0]["aum"], check_names=False)
+    assert math.isnan(single["aum"])
+
+
+def test_combine_refuses_different_datasets():
+    a = SignalStore.from_records(_frame(), metadata={"dataset_fingerprint": "abc", "num_examples": 4})
+    b = SignalStore.from_records(_frame(), metadata={"dataset_fingerprint": "xyz", "num_examples": 4})
+    with pytest.raises(ValueError, match="different datasets"):
+        SignalStore.combine([a, b])
+    with pytest.raises(ValueError, match="at least one"):
+        SignalStore.combine([])
+
+
+def test_on_disk_chunks_reload_and_truncate(tmp_path):
+    path = tmp_path / "signals"
+    store = SignalStore(path, {"num_examples": 4, "dataset_fingerprint": "f"})
+    store.initialize()
+    frame = _frame()
+    store.append(frame[frame.step <= 3])
+    store.append(frame[frame.step > 3])
+    dense = frame.assign(step=frame.step + 1)
+    store.append(dense, kind="dense")
+    assert sorted(os.listdir(path)) == ["dense-000002.parquet", "metadata.json", "presentations-000000.parquet",
+                                        "presentations-000001.parquet"]
+    loaded = SignalStore.load(path)
+    assert loaded.metadata == {"num_examples": 4, "dataset_fingerprint": "f"}
+    pd.testing.assert_frame_equal(loaded.records(), store.records())
+    assert loaded.records()["example_id"].dtype == np.int64 and loaded.records()["loss"].dtype == np.float32
+    # resume at global step 5: presentations at steps >= 5 and dense evaluations after step 5 are dropped
+    loaded.write = True
+    loaded.truncate(5)
+    reloaded = SignalStore.load(path)
+    assert sorted(reloaded.records()["step"]) == sorted(s for s in frame.step if s < 5)
+    assert sorted(reloaded.dense_records()["step"]) == sorted(s + 1 for s in frame.step if s + 1 <= 5)
+    assert not [n for n in os.listdir(path) if ".tmp" in n]
+    assert len([n for n in os.listdir(path) if n.startswith("presentations")]) == 1
+
+
+def test_check_compatible_refuses_with_reason():
+    store = SignalStore.from_records(_frame(), metadata={"dataset_fingerprint": "abc", "num_examples": 4,
+                                                        "config": {"seed": 1, "learning_rate": 0.1}})
+    store.check_compatible({"dataset_fingerprint": "abc", "num_examples": 4, "config": {"seed": 1}}, ("seed",))
+    with pytest.raises(ValueError, match="num_examples: store has 4, this run has 5"):
+        store.check_compatible({"dataset_fingerprint": "abc", "num_examples": 5})
+    with pytest.raises(ValueError, match="config.seed"):
+        store.check_compatible({"dataset_fingerprint": "abc", "num_examples": 4, "config": {"seed": 2}}, ("seed",))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="lack the columns"):
+        SignalStore.from_records(pd.DataFrame({"example_id": [0], "epoch": [0]}))
+    with pytest.raises(FileNotFoundError, match="No signal store"):
+        SignalStore.load("/nonexistent/signals")
+    empty = SignalStore.from_records(_frame().iloc[:0])
+    with pytest.raises(ValueError, match="no presentations"):
+        empty.summary()
