@@ -1,0 +1,522 @@
+"""Select a subset of a dataset from a score column: top-k, offset window, coverage strata, weighted sampling.
+
+Polarity convention: every strategy treats **higher values as harder**. `"hardest"` keeps the highest values,
+`"easiest"` the lowest, `"window"` skips the `offset` highest, CCS/coverage cut the highest first, and `"weighted"`
+keeps high values preferentially (`prefer="hard"`). For a score where higher = easier (AUM, PVI, confidence,
+`prob_gold`), either use the mirrored strategy (`"easiest"` to keep the hardest) or pass the column name prefixed with
+a minus sign (`column="-aum"`), which negates it.
+
+Strategies (see `list_strategies()`), with their sources (METHODS.md A.3, B.4, C.4, D):
+
+- `"hardest"`: keep the `keep` highest scores (Data Diet `keep_max_scores`; ties keep the later rows).
+- `"easiest"`: keep the `keep` lowest scores (ties keep the earlier rows).
+- `"random"`: a uniform random subset (the score column is not needed; pass `column=None`).
+- `"window"`: Data Diet's offset window: sort ascending, skip the `offset` highest scores and keep the next `keep`
+  (ranks `[N - offset - keep, N - offset)`). `offset` is an int count or a fraction of the candidates.
+- `"ccs"`: Coverage-centric coreset selection (Zheng et al., ICLR 2023): drop the `floor(beta * N)` highest scores,
+  split the rest into `k` (default 50) equal-width strata over `[min, 1.0001 * max)` (left-closed; for `max <= 0`
+  the upper end is `max + 0.0001 * |max|`, or the next float when `max == 0`), then visit strata from the smallest
+  up, taking `min(|S_j|, floor(remaining budget / remaining strata))` uniformly at random from each.
+- `"coverage"`: DEALRec's variant (Lin et al., SIGIR 2024, Alg. 2 and code `prune.py`): optionally drop the
+  `floor(hard_prune * N)` highest scores (paper: none, the default `hard_prune=0.0`; official code: `0.1`), split the
+  rest into `k` (default 50) equal-width groups over `[min, max]` where a score goes to the first group whose upper
+  edge is >= the score (right-closed, the minimum in group 0), drop empty groups, then fill from the smallest group
+  up with `min(|G|, floor(remaining budget / remaining non-empty groups))`, uniformly at random within a group. The
+  paper's Alg. 2 (budget `floor(m/K)` recomputed after each group) gives the same counts, since empty groups are
+  visited first and take nothing.
+- `"weighted"`: weighted sampling without replacement (Anand et al., EMNLP 2023, App. C.3): `mapping="linear"` maps
+  the scores linearly to `[eps, 1]` and normalises them to probabilities; `mapping="softmax"` uses
+  `softmax(score / temperature)`. Draws are successive (numpy `Generator.choice(..., replace=False, p=p)`).
+  `prefer="hard"` (default) makes high scores likelier to be kept, `prefer="easy"` flips the score first.
+
+`keep` is a fraction in (0, 1] of the rows that have a score (`floor(keep * N)`, at least one row) or an int count.
+`class_balanced=True` applies the strategy within each class, with per-class quotas proportional to the class's
+share (largest-remainder rounding, ties to the smaller label). Infinite scores (e.g. forgetting = inf for examples
+never learned) keep their order for `"hardest"`/`"easiest"`/`"window"`, and are clipped to the finite range for
+stratification and weighting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+NAN_POLICIES: tuple[str, ...] = ("drop", "raise")
+
+
+@dataclass
+class SelectionReport:
+    """What a selection did: counts per class and per stratum before and after.
+
+    Attributes:
+        strategy (`str`), column (`str` or None), keep (the requested `keep`), seed (`int`),
+        params (`dict`): the strategy keyword arguments used (defaults filled in).
+        num_rows (`int`): rows in the input dataset. num_nan (`int`): rows without a score (excluded).
+        num_candidates (`int`): rows that could be selected. num_kept (`int`): rows selected.
+        num_hard_pruned (`int`): rows removed by a hard cut (CCS `beta`, coverage `hard_prune`) before sampling.
+        class_balanced (`bool`), label_column (`str` or None).
+        per_class_before / per_class_after (`dict[str, int]`): counts per label (candidates / kept), when the label
+            column exists.
+        strata (`list[dict]`): for `"ccs"`/`"coverage"`: one entry per stratum with `low`, `high`, `before`
+            (candidates after the hard cut), `after` (kept) and `label` (the class, when class-balanced).
+        indices (`list[int]`): kept row positions in the input dataset (not part of `to_dict`).
+    """
+
+    strategy: str
+    column: str | None
+    keep: float | int
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+    num_rows: int = 0
+    num_nan: int = 0
+    num_candidates: int = 0
+    num_kept: int = 0
+    num_hard_pruned: int = 0
+    class_balanced: bool = False
+    label_column: str | None = None
+    per_class_before: dict[str, int] = field(default_factory=dict)
+    per_class_after: dict[str, int] = field(default_factory=dict)
+    strata: list[dict[str, Any]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (for dataset cards), without the kept indices."""
+        out = asdict(self)
+        out.pop("indices")
+        return out
+
+    def summary(self) -> str:
+        """One line for logs."""
+        text = (
+            f"select_by_score: strategy={self.strategy!r} column={self.column!r} kept {self.num_kept}/{self.num_rows}"
+            f" (candidates {self.num_candidates}, NaN {self.num_nan}, hard-pruned {self.num_hard_pruned})"
+        )
+        if self.per_class_after:
+            text += " per class " + ", ".join(
+                f"{k}: {self.per_class_before[k]}->{self.per_class_after.get(k, 0)}" for k in self.per_class_before
+            )
+        return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Strategies: each takes candidate scores and returns selected positions (into the candidate array)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Result:
+    chosen: np.ndarray
+    hard_pruned: int = 0
+    strata: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _hardest(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
+    order = np.argsort(scores, kind="stable")
+    return _Result(order[len(scores) - m :])
+
+
+def _easiest(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
+    return _Result(np.argsort(scores, kind="stable")[:m])
+
+
+def _random(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
+    return _Result(rng.choice(len(scores), size=m, replace=False))
+
+
+def _window(scores: np.ndarray, m: int, rng: np.random.Generator, *, offset: int = 0, **_: Any) -> _Result:
+    n = len(scores)
+    if offset + m > n:
+        raise ValueError(
+            f"window: offset ({offset}) + keep ({m}) exceeds the {n} candidate rows. Lower the offset or keep."
+        )
+    order = np.argsort(scores, kind="stable")
+    return _Result(order[n - offset - m : n - offset])
+
+
+def _clip_infinite(scores: np.ndarray) -> np.ndarray:
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        raise ValueError("Every candidate score is infinite; stratified and weighted strategies need finite scores.")
+    return np.clip(scores, finite.min(), finite.max())
+
+
+def _drop_highest(scores: np.ndarray, fraction: float, name: str) -> tuple[np.ndarray, int]:
+    """Positions that remain after removing floor(fraction * N) highest scores (stable: later rows go first)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {fraction!r}.")
+    cut = int(math.floor(fraction * len(scores) + 1e-9))
+    order = np.argsort(scores, kind="stable")
+    return np.sort(order[: len(scores) - cut]), cut
+
+
+def _fill_strata(groups: list[np.ndarray], m: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Visit groups in ascending size (ties: lower stratum first); each takes min(|G|, floor(remaining/left))."""
+    sizes = np.array([len(g) for g in groups])
+    taken: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(groups)
+    remaining = m
+    order = np.argsort(sizes, kind="stable")
+    for visited, j in enumerate(order):
+        left = len(groups) - visited
+        take = min(int(sizes[j]), remaining // left)
+        taken[j] = rng.choice(groups[j], size=take, replace=False) if take else np.empty(0, dtype=np.int64)
+        remaining -= take
+    return taken
+
+
+def _strata_result(
+    groups: list[np.ndarray], edges: np.ndarray, m: int, rng: np.random.Generator, cut: int
+) -> _Result:
+    available = sum(len(g) for g in groups)
+    if m > available:
+        raise ValueError(
+            f"Only {available} rows remain after the hard cut of {cut} rows, fewer than keep={m}. Lower the cut "
+            "fraction (beta / hard_prune) or keep."
+        )
+    taken = _fill_strata(groups, m, rng)
+    strata = [
+        {"low": float(edges[j]), "high": float(edges[j + 1]), "before": len(groups[j]), "after": len(taken[j])}
+        for j in range(len(groups))
+    ]
+    chosen = np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
+    return _Result(chosen, hard_pruned=cut, strata=strata)
+
+
+def _check_k(k: Any) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k (number of strata) must be a positive integer, got {k!r}.")
+    return int(k)
+
+
+def _ccs(
+    scores: np.ndarray, m: int, rng: np.random.Generator, *, beta: float = 0.0, k: int = 50, **_: Any
+) -> _Result:
+    k = _check_k(k)
+    keep_pos, cut = _drop_highest(scores, beta, "beta")
+    values = _clip_infinite(scores[keep_pos])
+    low, high = float(values.min()), float(values.max())
+    upper = high * 1.0001 if high > 0 else high + 0.0001 * abs(high)
+    if upper <= high:
+        upper = float(np.nextafter(high, np.inf))
+    edges = np.linspace(low, upper, k + 1)
+    bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, k - 1)  # [edge_j, edge_j+1)
+    groups = [keep_pos[bins == j] for j in range(k)]
+    return _strata_result(groups, edges, m, rng, cut)
+
+
+def _coverage(
+    scores: np.ndarray, m: int, rng: np.random.Generator, *, k: int = 50, hard_prune: float = 0.0, **_: Any
+) -> _Result:
+    k = _check_k(k)
+    keep_pos, cut = _drop_highest(scores, hard_prune, "hard_prune")
+    values = _clip_infinite(scores[keep_pos])
+    edges = np.linspace(values.min(), values.max(), k + 1)
+    bins = np.clip(np.searchsorted(edges[1:], values, side="left"), 0, k - 1)  # first upper edge >= score
+    groups = [keep_pos[bins == j] for j in range(k)]
+    nonempty = [j for j in range(k) if len(groups[j])]
+    result = _strata_result([groups[j] for j in nonempty], edges, m, rng, cut)
+    # report every group (empty ones included) with its own edges
+    by_group = dict(zip(nonempty, result.strata))
+    result.strata = [
+        {
+            "low": float(edges[j]),
+            "high": float(edges[j + 1]),
+            "before": len(groups[j]),
+            "after": by_group[j]["after"] if j in by_group else 0,
+        }
+        for j in range(k)
+    ]
+    return result
+
+
+MAPPINGS: tuple[str, ...] = ("linear", "softmax")
+PREFERENCES: tuple[str, ...] = ("hard", "easy")
+
+
+def _weighted(
+    scores: np.ndarray,
+    m: int,
+    rng: np.random.Generator,
+    *,
+    mapping: str = "linear",
+    eps: float = 1e-3,
+    temperature: float = 1.0,
+    prefer: str = "hard",
+    **_: Any,
+) -> _Result:
+    probs = sampling_probabilities(scores, mapping=mapping, eps=eps, temperature=temperature, prefer=prefer)
+    positive = int((probs > 0).sum())
+    if positive < m:
+        raise ValueError(
+            f"weighted: only {positive} rows have a non-zero sampling probability, fewer than keep={m}. Use a higher "
+            "temperature, mapping='linear', or a smaller keep."
+        )
+    return _Result(rng.choice(len(scores), size=m, replace=False, p=probs))
+
+
+def sampling_probabilities(
+    scores: np.ndarray,
+    *,
+    mapping: str = "linear",
+    eps: float = 1e-3,
+    temperature: float = 1.0,
+    prefer: str = "hard",
+) -> np.ndarray:
+    """Probabilities used by the `"weighted"` strategy (they sum to 1).
+
+    Args:
+        scores (`np.ndarray`): finite scores (infinities are clipped to the finite range).
+        mapping (`str`): `"linear"`: `w = eps + (1 - eps) * (s - min) / (max - min)` (all ones when constant), then
+            `w / sum(w)` (Anand et al. 2023, App. C.3); `"softmax"`: `softmax(s / temperature)`.
+        eps (`float`): the floor of the linear map, in (0, 1].
+        temperature (`float`): softmax temperature, > 0.
+        prefer (`str`): `"hard"` keeps high scores preferentially, `"easy"` negates the scores first.
+    """
+    if mapping not in MAPPINGS:
+        raise ValueError(f"Unknown mapping {mapping!r}; valid mappings are {', '.join(MAPPINGS)}.")
+    if prefer not in PREFERENCES:
+        raise ValueError(f"Unknown prefer {prefer!r}; valid values are {', '.join(PREFERENCES)}.")
+    values = _clip_infinite(np.asarray(scores, dtype=np.float64))
+    if prefer == "easy":
+        values = -values
+    if mapping == "linear":
+        if not 0.0 < eps <= 1.0:
+            raise ValueError(f"eps must lie in (0, 1], got {eps!r}.")
+        span = values.max() - values.min()
+        weights = np.ones_like(values) if span == 0 else eps + (1.0 - eps) * (values - values.min()) / span
+    else:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        logits = values / temperature
+        weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+_STRATEGIES: dict[str, tuple[Callable[..., _Result], tuple[str, ...], bool]] = {
+    # name: (function, accepted keyword arguments, needs a score column)
+    "hardest": (_hardest, (), True),
+    "easiest": (_easiest, (), True),
+    "random": (_random, (), False),
+    "window": (_window, ("offset",), True),
+    "ccs": (_ccs, ("beta", "k"), True),
+    "coverage": (_coverage, ("k", "hard_prune"), True),
+    "weighted": (_weighted, ("mapping", "eps", "temperature", "prefer"), True),
+}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "window": {"offset": 0},
+    "ccs": {"beta": 0.0, "k": 50},
+    "coverage": {"k": 50, "hard_prune": 0.0},
+    "weighted": {"mapping": "linear", "eps": 1e-3, "temperature": 1.0, "prefer": "hard"},
+}
+
+
+def list_strategies() -> list[str]:
+    """Names of the selection strategies accepted by `select_by_score`."""
+    return list(_STRATEGIES)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_count(keep: Any, n: int, what: str = "keep") -> int:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a fraction in (0, 1] or an int count, got {keep!r}.")
+    if isinstance(keep, (int, np.integer)):
+        if not 1 <= keep <= n:
+            raise ValueError(f"{what}={keep} is outside [1, {n}] (the number of rows with a score).")
+        return int(keep)
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"{what}={keep} must be a fraction in (0, 1] (or an int count between 1 and {n}).")
+    count = int(math.floor(keep * n + 1e-9))
+    if count < 1:
+        raise ValueError(f"{what}={keep} of {n} rows keeps no row; use a larger fraction or an int count.")
+    return count
+
+
+def _largest_remainder(total: int, sizes: np.ndarray) -> np.ndarray:
+    """Split `total` proportionally to `sizes` (Hamilton's method; ties go to the earlier entry)."""
+    exact = total * sizes / sizes.sum()
+    quotas = np.floor(exact + 1e-9).astype(np.int64)
+    short = total - int(quotas.sum())
+    if short > 0:
+        order = np.argsort(-(exact - quotas), kind="stable")
+        quotas[order[:short]] += 1
+    return np.minimum(quotas, sizes)
+
+
+def _resolve_offset(offset: Any, n: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, (int, float, np.integer, np.floating)):
+        raise TypeError(f"offset must be an int count or a fraction in [0, 1), got {offset!r}.")
+    if isinstance(offset, (int, np.integer)):
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}.")
+        return int(offset)
+    if not 0.0 <= offset < 1.0:
+        raise ValueError(f"A fractional offset must lie in [0, 1), got {offset}.")
+    return int(math.floor(offset * n + 1e-9))
+
+
+def _label_key(label: Any) -> str:
+    return str(label.item() if hasattr(label, "item") else label)
+
+
+def select_by_score(
+    dataset: Any,
+    column: str | None,
+    keep: float | int,
+    strategy: str,
+    *,
+    class_balanced: bool = False,
+    label_column: str | None = "label",
+    seed: int = 0,
+    return_report: bool = False,
+    nan_policy: str = "drop",
+    **strategy_kwargs: Any,
+) -> Any:
+    """Keep a subset of `dataset` chosen from the score `column` (higher = harder; see the module docstring).
+
+    Args:
+        dataset (`datasets.Dataset`): the scored dataset (left untouched).
+        column (`str` or None): the score column; prefix with `-` to negate it (`"-aum"`). May be None for
+            `"random"`.
+        keep (`float` or `int`): a fraction in (0, 1] of the rows with a score, or an int count.
+        strategy (`str`): one of `list_strategies()`.
+        class_balanced (`bool`, defaults to False): select within each class, keeping each class's share.
+        label_column (`str`, defaults to `"label"`): the class column (for `class_balanced` and the report).
+        seed (`int`, defaults to 0): seed of the numpy `Generator` used by the random strategies.
+        return_report (`bool`, defaults to False): also return a `SelectionReport`.
+        nan_policy (`str`, defaults to `"drop"`): `"drop"` excludes rows without a score (with a warning saying
+            how many); `"raise"` refuses them.
+        **strategy_kwargs: `offset` (window), `beta`, `k` (ccs), `k`, `hard_prune` (coverage), `mapping`, `eps`,
+            `temperature`, `prefer` (weighted).
+
+    Returns:
+        `datasets.Dataset` (kept rows in their original order, every column kept), or `(Dataset, SelectionReport)`.
+
+    Raises:
+        ValueError: unknown strategy or option, `keep` out of range, missing or all-NaN column, NaN scores with
+            `nan_policy="raise"`, `class_balanced` without a label column.
+
+    Example:
+        ```python
+        >>> from datasets import Dataset
+        >>> ds = Dataset.from_dict({"el2n": [0.1, 0.9, 0.5, 0.7], "label": [0, 1, 0, 1]})
+        >>> select_by_score(ds, "el2n", 2, "hardest")["el2n"]
+        [0.8999999761581421, 0.699999988079071]
+        ```
+    """
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}. Valid strategies: {', '.join(_STRATEGIES)}.")
+    function, accepted, needs_column = _STRATEGIES[strategy]
+    unknown = sorted(set(strategy_kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"Strategy {strategy!r} does not take {unknown}; it accepts {list(accepted) or 'no options'}."
+        )
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"Unknown nan_policy {nan_policy!r}; valid values are {', '.join(NAN_POLICIES)}.")
+    params = {**_DEFAULTS.get(strategy, {}), **strategy_kwargs}
+    num_rows = len(dataset)
+    if num_rows == 0:
+        raise ValueError("Cannot select from an empty dataset.")
+
+    # scores
+    if column is None:
+        if needs_column:
+            raise ValueError(f"Strategy {strategy!r} needs a score column; pass column=<name>.")
+        scores = np.zeros(num_rows)
+    else:
+        name, sign = column, 1.0
+        if column not in dataset.column_names and column.startswith("-"):
+            name, sign = column[1:], -1.0
+        if name not in dataset.column_names:
+            raise ValueError(f"Column {column!r} is not in the dataset; columns are {dataset.column_names}.")
+        try:
+            scores = sign * np.asarray(dataset[name], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Column {name!r} must hold one number per row ({err}).") from err
+        if scores.ndim != 1:
+            raise ValueError(f"Column {name!r} must hold one number per row, got shape {scores.shape}.")
+    nan = np.isnan(scores) if needs_column else np.zeros(num_rows, dtype=bool)  # "random" ignores the scores
+    num_nan = int(nan.sum())
+    if num_nan == num_rows:
+        raise ValueError(f"Column {column!r} is all NaN: nothing to select from. Check that the scorer ran.")
+    if num_nan:
+        if nan_policy == "raise":
+            raise ValueError(
+                f"Column {column!r} has {num_nan} NaN scores out of {num_rows}. Use nan_policy='drop' to exclude them."
+            )
+        logger.warning(f"select_by_score: {num_nan} of {num_rows} rows have a NaN {column!r} and are excluded.")
+    candidates = np.flatnonzero(~nan)
+
+    # labels
+    labels = None
+    if label_column is not None and label_column in dataset.column_names:
+        labels = np.asarray(dataset[label_column])
+    elif class_balanced:
+        raise ValueError(
+            f"class_balanced=True needs a label column, but {label_column!r} is not in the dataset "
+            f"(columns: {dataset.column_names}). Pass label_column=<name>."
+        )
+
+    m = _resolve_count(keep, len(candidates))
+    rng = np.random.default_rng(seed)
+    report = SelectionReport(
+        strategy=strategy,
+        column=column,
+        keep=keep,
+        seed=seed,
+        params=dict(params),
+        num_rows=num_rows,
+        num_nan=num_nan,
+        num_candidates=len(candidates),
+        class_balanced=class_balanced,
+        label_column=label_column if labels is not None else None,
+    )
+
+    if class_balanced:
+        classes, inverse = np.unique(labels[candidates], return_inverse=True)
+        groups = [candidates[inverse == c] for c in range(len(classes))]
+        quotas = _largest_remainder(m, np.array([len(g) for g in groups]))
+    else:
+        classes, groups, quotas = np.array([None]), [candidates], np.array([m])
+
+    chosen_parts = []
+    for label, group, quota in zip(classes, groups, quotas):
+        if quota == 0:
+            continue
+        kwargs = dict(params)
+        if strategy == "window":
+            kwargs["offset"] = _resolve_offset(params["offset"], len(group))
+            if class_balanced and isinstance(params["offset"], (int, np.integer)):
+                share = _largest_remainder(int(params["offset"]), np.array([len(g) for g in groups]))
+                kwargs["offset"] = int(share[list(classes).index(label)])
+        result = function(scores[group], int(quota), rng, **kwargs)
+        chosen_parts.append(group[np.asarray(result.chosen, dtype=np.int64)])
+        report.num_hard_pruned += result.hard_pruned
+        for stratum in result.strata:
+            if class_balanced:
+                stratum["label"] = _label_key(label)
+            report.strata.append(stratum)
+
+    kept = np.sort(np.concatenate(chosen_parts)) if chosen_parts else np.empty(0, dtype=np.int64)
+    report.indices = kept.tolist()
+    report.num_kept = len(kept)
+    if labels is not None:
+        for value, count in zip(*np.unique(labels[candidates], return_counts=True)):
+            report.per_class_before[_label_key(value)] = int(count)
+        report.per_class_after = dict.fromkeys(report.per_class_before, 0)
+        for value, count in zip(*np.unique(labels[kept], return_counts=True)):
+            report.per_class_after[_label_key(value)] = int(count)
+    logger.info(report.summary())
+    selected = dataset.select(report.indices)
+    return (selected, report) if return_report else selected
