@@ -1,0 +1,256 @@
+"""DEALRec pruning: combine the surrogate's influence score with the LLM's effort score and pick a few-shot subset.
+
+DEALRec (Lin et al., SIGIR 2024, Alg. 2, Eq. 13) scores every user ``s`` as ``I_s = influence(s) + lambda * effort(s)``
+and draws the few-shot set with coverage-enhanced (CCS-style) stratified sampling. Paper vs code (METHODS.md C.4):
+
+- the paper sums the raw scores; the authors' code first **min-max normalises** each score to [0, 1]
+  (``normalize="minmax"``, the default here; ``normalize="none"`` is the paper's raw sum);
+- the code first discards the ``hard_prune`` = 10% highest combined scores (not in the paper; ``hard_prune=0.0``
+  follows the paper), then splits the rest into ``K = 50`` equal-width score bins and fills the budget from the
+  smallest bin upwards (`hf_influence.selection.select_by_score` with ``strategy="coverage"``).
+
+The tuned ``lambda`` of the authors' ``hyper-parameters.txt`` is in `DEALREC_LAMBDA` (their argparse default is 0.5).
+
+This module also defines the surrogate baselines the paper compares against on the same SASRec model
+(`surrogate_el2n`, `surrogate_grand`): EL2N is defined for a softmax classifier, so for SASRec's binary
+cross-entropy (one positive and one sampled negative per position) we use the closest honest analogue, the mean over
+the user's positions of the L2 norm of the sigmoid error vector ``(1 - sigma(s_pos), sigma(s_neg))``; GraNd is the
+L2 norm of the gradient of the user's loss over all surrogate parameters (eval mode). Both: higher = harder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+NORMALIZATIONS: tuple[str, ...] = ("minmax", "none")
+
+#: lambda per dataset from the authors' ``hyper-parameters.txt`` (all with K = 50 groups).
+DEALREC_LAMBDA: dict[str, float] = {"games": 0.3, "book": 1.0, "microlens-50k": 1.0}
+
+#: Defaults of the authors' pipeline.
+DEALREC_DEFAULTS: dict[str, Any] = {"budget": 1024, "k": 50, "hard_prune": 0.1, "seed": 42, "lam": 0.5}
+
+
+def _as_finite_array(values: Any, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise ValueError(
+            f"The {name} scores hold {int(bad.sum())} non-finite values (NaN/inf), e.g. at positions "
+            f"{np.flatnonzero(bad)[:5].tolist()}. Score every user (drop users without history/target first)."
+        )
+    return array
+
+
+def minmax_normalize(values: Any) -> np.ndarray:
+    """Scale to [0, 1] by ``(x - min) / (max - min)``; a constant vector maps to zeros (the authors' code would give
+    NaN there)."""
+    array = np.asarray(values, dtype=np.float64)
+    low, high = float(array.min()), float(array.max())
+    if high == low:
+        return np.zeros_like(array)
+    return (array - low) / (high - low)
+
+
+def combine_dealrec_scores(influence: Any, effort: Any, lam: float, normalize: str = "minmax") -> np.ndarray:
+    """DEALRec's overall score ``I_s = influence + lambda * effort`` (Eq. 13), optionally after min-max normalisation.
+
+    Args:
+        influence (array-like): influence scores, one per user.
+        effort (array-like): effort scores, one per user (same order).
+        lam (`float`): lambda >= 0 (the paper searches {0.1, 0.3, 0.5, 1.0, 2.0}; see `DEALREC_LAMBDA`).
+        normalize (`str`, defaults to `"minmax"`): ``"minmax"`` (authors' code: each score to [0, 1] first) or
+            ``"none"`` (paper: raw sum).
+
+    Returns:
+        `np.ndarray`: float64 overall scores. Polarity as in the paper's selection: higher = harder (the code's
+        ``hard_prune`` cuts the top).
+
+    Example:
+        ```python
+        >>> combine_dealrec_scores([0.0, 2.0, 4.0], [10.0, 30.0, 20.0], lam=0.5).tolist()
+        [0.0, 1.0, 1.25]
+        ```
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"Unknown normalize={normalize!r}; valid options are {', '.join(NORMALIZATIONS)}.")
+    if lam < 0:
+        raise ValueError(f"lambda must be >= 0, got {lam}.")
+    influence = _as_finite_array(influence, "influence")
+    effort = _as_finite_array(effort, "effort")
+    if influence.shape != effort.shape:
+        raise ValueError(f"influence has {influence.size} scores but effort has {effort.size}; score the same users.")
+    if influence.size == 0:
+        raise ValueError("No scores to combine: the user set is empty.")
+    if normalize == "minmax":
+        influence, effort = minmax_normalize(influence), minmax_normalize(effort)
+    return influence + lam * effort
+
+
+def check_budget(budget: int, num_users: int) -> None:
+    """Raise a clear error when the few-shot budget is not in ``[1, num_users]``."""
+    if not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ValueError(f"The few-shot budget must be a positive integer, got {budget!r}.")
+    if budget > num_users:
+        raise ValueError(
+            f"The few-shot budget ({budget}) is larger than the number of users ({num_users}). Lower the budget "
+            f"(e.g. --budget {num_users}) or load more users."
+        )
+
+
+def select_dealrec(
+    dataset: Any,
+    *,
+    budget: int = 1024,
+    lam: float = 0.5,
+    k: int = 50,
+    hard_prune: float = 0.1,
+    normalize: str = "minmax",
+    seed: int = 42,
+    influence_column: str = "influence",
+    effort_column: str = "effort",
+    column: str = "dealrec",
+    return_report: bool = False,
+) -> Any:
+    """Combine the two score columns and keep ``budget`` users by coverage-enhanced sampling (DEALRec Alg. 2).
+
+    Args:
+        dataset (`datasets.Dataset`): one row per user, with the influence and effort columns.
+        budget (`int`, defaults to 1024): the few-shot size ``r |D|``.
+        lam (`float`, defaults to 0.5): lambda (see `DEALREC_LAMBDA` for the tuned values).
+        k (`int`, defaults to 50): number of equal-width score groups.
+        hard_prune (`float`, defaults to 0.1): fraction of the highest combined scores removed first (authors' code;
+            0.0 = the paper).
+        normalize (`str`, defaults to `"minmax"`): see `combine_dealrec_scores`.
+        seed (`int`, defaults to 42): seeds the random draws within groups.
+        influence_column, effort_column (`str`): the score columns.
+        column (`str`, defaults to `"dealrec"`): name of the combined-score column added to the output.
+        return_report (`bool`, defaults to `False`): also return the `SelectionReport`.
+
+    Returns:
+        `datasets.Dataset` with the ``budget`` selected rows (and the ``column`` score), or ``(dataset, report)``.
+
+    Raises:
+        ValueError: for missing columns, non-finite scores, or a budget outside ``[1, len(dataset)]``.
+    """
+    import datasets
+
+    from ..selection import select_by_score
+
+    missing = [c for c in (influence_column, effort_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Columns {missing} are missing (dataset has {dataset.column_names}). Score the users with "
+            "InfluenceScorer and EffortScorer first."
+        )
+    check_budget(budget, len(dataset))
+    kept_after_cut = len(dataset) - int(hard_prune * len(dataset))
+    if budget > kept_after_cut:
+        raise ValueError(
+            f"The budget ({budget}) exceeds the {kept_after_cut} users left after the hard_prune={hard_prune} cut of "
+            f"{len(dataset)} users. Lower the budget or hard_prune."
+        )
+    overall = combine_dealrec_scores(dataset[influence_column], dataset[effort_column], lam=lam, normalize=normalize)
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    scored = dataset.add_column(column, overall.astype(np.float32), feature=datasets.Value("float32"))
+    return select_by_score(scored, column, budget, "coverage", seed=seed, return_report=return_report, k=k,
+                           hard_prune=hard_prune)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# surrogate baselines (EL2N, GraNd on SASRec)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _rows(dataset: Any, start: int, stop: int) -> list[dict[str, Any]]:
+    batch = dataset[start:stop]
+    keys = list(batch)
+    return [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
+
+
+def surrogate_grand(
+    model: torch.nn.Module,
+    dataset: Any,
+    per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
+    collate_fn: Callable[[list[dict[str, Any]]], Any],
+    *,
+    params: Sequence[str] | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """GraNd on the surrogate (Paul et al., NeurIPS 2021, Eq. 2): ``|| grad_theta L(s) ||_2`` per user, eval mode.
+
+    One backward per user over the selected parameters (all trainable ones by default); the batch forward is shared.
+    Cost: ``n`` backward passes of the surrogate (small for SASRec). Higher = harder.
+
+    Returns:
+        `np.ndarray`: float64, one value per row of ``dataset``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    named = dict(model.named_parameters())
+    names = list(params) if params is not None else [n for n, p in named.items() if p.requires_grad]
+    if not names:
+        raise ValueError("No parameters selected for GraNd: pass params=[names] or unfreeze the surrogate.")
+    tensors = [named[n] for n in names]
+    flags = [p.requires_grad for p in tensors]
+    was_training = model.training
+    model.eval().to(device)
+    out = []
+    try:
+        for p in tensors:
+            p.requires_grad_(True)
+        for start in tqdm(range(0, len(dataset), batch_size), desc="GraNd (surrogate)", disable=not progress):
+            batch = collate_fn(_rows(dataset, start, min(start + batch_size, len(dataset))))
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            losses = per_sample_loss(model, batch)
+            for b in range(losses.shape[0]):
+                grads = torch.autograd.grad(losses[b], tensors, retain_graph=b < losses.shape[0] - 1,
+                                            allow_unused=True)
+                out.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))))
+    finally:
+        for p, flag in zip(tensors, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return np.asarray(out, dtype=np.float64)
+
+
+def surrogate_el2n(
+    dataset: Any,
+    sigmoid_errors: Callable[[Any], torch.Tensor],
+    collate_fn: Callable[[list[dict[str, Any]]], Any],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """EL2N analogue for a BCE surrogate: mean over a user's positions of ``||(1 - sigma(s_pos), sigma(s_neg))||_2``.
+
+    Args:
+        dataset (`datasets.Dataset`): user rows.
+        sigmoid_errors (`Callable[[batch], torch.Tensor]`): returns, for a collated batch, the per-position error
+            norms ``[B, T]`` with NaN at padded positions (e.g. computed from SASRec's positive/negative logits).
+        collate_fn (`Callable`): the surrogate collator.
+        batch_size (`int`, defaults to 256), device, progress: as usual.
+
+    Returns:
+        `np.ndarray`: float64, one value per row (NaN-mean over positions). Higher = harder.
+    """
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(dataset), batch_size), desc="EL2N (surrogate)", disable=not progress):
+            batch = collate_fn(_rows(dataset, start, min(start + batch_size, len(dataset))))
+            if device is not None:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            errors = sigmoid_errors(batch).double()
+            out.append(torch.nanmean(errors, dim=1).cpu())
+    return torch.cat(out).numpy()

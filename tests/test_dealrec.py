@@ -1,0 +1,95 @@
+"""DEALRec score combination and selection, checked by hand; surrogate GraNd against torch.func per-sample grads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_influence.rec.dealrec import combine_dealrec_scores, minmax_normalize, select_dealrec, surrogate_grand
+
+
+def test_combine_minmax_and_raw_by_hand():
+    influence = [2.0, -1.0, 5.0, 1.0]  # min -1, max 5 -> [0.5, 0, 1, 1/3]
+    effort = [10.0, 30.0, 20.0, 10.0]  # min 10, max 30 -> [0, 1, 0.5, 0]
+    got = combine_dealrec_scores(influence, effort, lam=0.3)
+    np.testing.assert_allclose(got, [0.5, 0.3, 1.15, 1 / 3], rtol=1e-12)
+    raw = combine_dealrec_scores(influence, effort, lam=0.5, normalize="none")
+    np.testing.assert_allclose(raw, [7.0, 14.0, 15.0, 6.0])
+    np.testing.assert_array_equal(minmax_normalize([3.0, 3.0]), [0.0, 0.0])
+
+
+def test_combine_bad_inputs():
+    with pytest.raises(ValueError, match="non-finite"):
+        combine_dealrec_scores([1.0, float("nan")], [1.0, 2.0], lam=1.0)
+    with pytest.raises(ValueError, match="same users"):
+        combine_dealrec_scores([1.0, 2.0], [1.0], lam=1.0)
+    with pytest.raises(ValueError, match="valid options"):
+        combine_dealrec_scores([1.0], [1.0], lam=1.0, normalize="zscore")
+
+
+def _users():
+    # 30 users. Hard prune 10% -> the 3 highest (5, 6, 7) go. The rest spans [0, 1] -> 3 equal-width groups
+    # [0, 1/3], (1/3, 2/3], (2/3, 1] holding 2, 5 and 20 users.
+    low = [0.0, 0.1]
+    mid = [0.4, 0.45, 0.5, 0.55, 0.6]
+    high = list(np.linspace(0.7, 1.0, 20))
+    cut = [5.0, 6.0, 7.0]
+    influence = low + mid + high + cut
+    order = np.random.default_rng(0).permutation(30)  # rows in a scrambled order
+    influence = [influence[i] for i in order]
+    return Dataset.from_dict({"example_id": list(range(30)), "influence": influence, "effort": [0.0] * 30})
+
+
+def test_select_dealrec_counts_by_hand():
+    users = _users()
+    selected, report = select_dealrec(users, budget=12, lam=1.0, k=3, hard_prune=0.1, normalize="none",
+                                      return_report=True)
+    assert len(selected) == 12
+    values = np.asarray(selected["dealrec"])
+    assert values.max() <= 1.0 + 1e-6  # the hard-pruned top 10% is never selected
+    # smallest group first: min(2, 12 // 3) = 2; then min(5, 10 // 2) = 5; then min(20, 5 // 1) = 5
+    assert int((values <= 1 / 3).sum()) == 2
+    assert int(((values > 1 / 3) & (values <= 2 / 3)).sum()) == 5
+    assert int((values > 2 / 3).sum()) == 5
+    assert [s["after"] for s in report.strata] == [2, 5, 5]
+    assert len(set(selected["example_id"])) == 12
+    # the draw within groups is seeded: the same call selects the same users
+    again = select_dealrec(users, budget=12, lam=1.0, k=3, hard_prune=0.1, normalize="none")
+    assert again["example_id"] == selected["example_id"]
+
+
+def test_select_dealrec_budget_errors():
+    users = _users()
+    with pytest.raises(ValueError, match="larger than the number of users"):
+        select_dealrec(users, budget=31)
+    with pytest.raises(ValueError, match="hard_prune"):
+        select_dealrec(users, budget=28, hard_prune=0.1)
+    assert len(select_dealrec(users, budget=30, hard_prune=0.0, k=4)) == 30
+    with pytest.raises(ValueError, match="InfluenceScorer and EffortScorer"):
+        select_dealrec(users.remove_columns("effort"), budget=5)
+
+
+def test_surrogate_grand_matches_vmap_per_sample_gradients():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    x, y = torch.randn(22, 5), torch.randint(0, 3, (22,))
+    data = Dataset.from_dict({"x": x.tolist(), "y": y.tolist()})
+
+    def per_sample_loss(m, batch):
+        return torch.nn.functional.cross_entropy(m(batch["x"]), batch["y"], reduction="none")
+
+    def collate(rows):
+        return {"x": torch.tensor([r["x"] for r in rows]), "y": torch.tensor([r["y"] for r in rows])}
+
+    got = surrogate_grand(model, data, per_sample_loss, collate, batch_size=4, progress=False)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss_one(p, xi, yi):
+        out = torch.func.functional_call(model, p, (xi.unsqueeze(0),))
+        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    reference = torch.sqrt(sum((g.reshape(22, -1).double() ** 2).sum(1) for g in grads.values()))
+    np.testing.assert_allclose(got, reference.numpy(), rtol=1e-5)
