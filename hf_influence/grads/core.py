@@ -1,0 +1,239 @@
+"""Shared plumbing for per-example gradient computations: parameter selection, batch preparation, the per-example
+loss the Trainer optimises, and a context that puts a model in eval mode with frozen parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import EXAMPLE_ID_COLUMN
+
+TASKS: tuple[str, ...] = ("sequence_classification", "causal_lm")
+LABEL_KEYS: tuple[str, ...] = ("labels", "label", "label_ids")
+
+ParamSpec = str | Iterable[str | nn.Parameter] | None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The underlying transformers model of a PEFT / DDP wrapper (the model itself otherwise)."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+    return model
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def select_parameters(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Parameter]:
+    """The parameters whose per-example gradients are wanted, by name (tied parameters appear once).
+
+    Args:
+        model (`nn.Module`): the model.
+        params (`None`, `str` or iterable): `None` selects every parameter with `requires_grad=True` (for a PEFT
+            model these are the adapter parameters and any `modules_to_save`); a string is a regular expression
+            searched in every parameter name (frozen ones included, so `"encoder.layer.3."` works on any checkpoint;
+            a tied weight matches under any of its names, e.g. `lm_head.weight` or `transformer.wte.weight`); an
+            iterable gives parameter names or `nn.Parameter` objects.
+
+    Returns:
+        `dict[str, nn.Parameter]`: selected parameters in model order.
+
+    Raises:
+        ValueError: if nothing is selected, with the way to fix it.
+    """
+    all_named = list(model.named_parameters(remove_duplicate=False))
+    selected: dict[int, tuple[str, nn.Parameter]] = {}
+    if params is None:
+        for name, param in all_named:
+            if param.requires_grad and id(param) not in selected:
+                selected[id(param)] = (name, param)
+        if not selected:
+            kind = "PEFT model has no trainable adapter parameters" if _is_peft_model(model) else (
+                "model has no parameter with requires_grad=True"
+            )
+            raise ValueError(
+                f"No trainable parameters selected: the {kind}. Unfreeze some parameters or pass params=<name regex> "
+                f"(e.g. params=r'classifier' or params=r'encoder\\.layer\\.3\\.')."
+            )
+    elif isinstance(params, str):
+        try:
+            pattern = re.compile(params)
+        except re.error as err:
+            raise ValueError(f"params={params!r} is not a valid regular expression: {err}.") from err
+        for name, param in all_named:
+            if pattern.search(name) and id(param) not in selected:
+                selected[id(param)] = (name, param)
+        if not selected:
+            examples = ", ".join(name for name, _ in all_named[:6])
+            raise ValueError(
+                f"params={params!r} matches no parameter name. Names look like: {examples}, ... "
+                "(see model.named_parameters())."
+            )
+    else:
+        names = {name: param for name, param in all_named}
+        for item in params:
+            if isinstance(item, nn.Parameter):
+                if not any(item is p for p in names.values()):
+                    raise ValueError("A parameter passed in params does not belong to the model.")
+                name = next(n for n, p in names.items() if p is item)
+                selected.setdefault(id(item), (name, item))
+            elif isinstance(item, str):
+                if item not in names:
+                    raise ValueError(f"Unknown parameter name {item!r}; see model.named_parameters() for valid names.")
+                selected.setdefault(id(names[item]), (item, names[item]))
+            else:
+                raise TypeError(f"params entries must be names or nn.Parameter objects, got {type(item).__name__}.")
+        if not selected:
+            raise ValueError("params is an empty collection; pass None (all trainable), a regex, or some names.")
+    return {name: param for name, param in selected.values()}
+
+
+def forward_accepts(model: nn.Module, name: str) -> bool:
+    """Whether the (unwrapped) model's forward takes keyword `name`."""
+    try:
+        signature = inspect.signature(unwrap_model(model).forward)
+    except (TypeError, ValueError):
+        return False
+    return name in signature.parameters
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def prepare_batch(
+    model: nn.Module, batch: Mapping[str, Any], *, need_labels: bool = True
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Split a collated batch into model inputs and labels, on the model's device.
+
+    Drops the example-id column and the labels from the inputs (the model's own loss is not needed: per-example
+    losses are computed here). Adds `position_ids` expanded to `(B, T)` when the model takes them and the batch has
+    none (BERT's default `(1, T)` position ids are broadcast, which would sum the per-example gradients of the
+    position embedding).
+
+    Raises:
+        ValueError: if labels are needed and the batch has none, or `input_ids` and `inputs_embeds` are both missing.
+    """
+    device = model_device(model)
+    labels = None
+    for key in LABEL_KEYS:
+        if key in batch and batch[key] is not None:
+            labels = torch.as_tensor(batch[key]).to(device)
+            break
+    if labels is None and need_labels:
+        raise ValueError(
+            f"The batch has no labels (looked for {', '.join(LABEL_KEYS)}; got keys {sorted(batch)}). Per-example "
+            "gradients need the gold label of each example: add a 'labels' column (class ids, or token ids with "
+            "-100 on ignored positions for causal LM)."
+        )
+    inputs = {
+        k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+        for k, v in batch.items()
+        if k not in LABEL_KEYS and k != EXAMPLE_ID_COLUMN
+    }
+    ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
+    if ids is None:
+        raise ValueError(f"The batch needs 'input_ids' (or 'inputs_embeds'); got keys {sorted(batch)}.")
+    if "position_ids" not in inputs and forward_accepts(model, "position_ids"):
+        batch_size, seq_len = ids.shape[:2]
+        inputs["position_ids"] = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch_size, seq_len)
+    return inputs, labels
+
+
+def infer_task(model: nn.Module, logits: torch.Tensor, task: str = "auto") -> str:
+    """`"sequence_classification"` for `[B, C]` logits, `"causal_lm"` for a causal LM's `[B, T, V]` logits."""
+    if task != "auto":
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; valid tasks are 'auto', {', '.join(map(repr, TASKS))}.")
+        return task
+    if logits.dim() == 2:
+        return "sequence_classification"
+    name = type(unwrap_model(model)).__name__
+    if logits.dim() == 3 and ("CausalLM" in name or "LMHead" in name):
+        return "causal_lm"
+    raise ValueError(
+        f"Cannot infer the task of {name} from logits of shape {tuple(logits.shape)}; pass task= one of "
+        f"{', '.join(map(repr, TASKS))}."
+    )
+
+
+def per_example_losses(
+    logits: torch.Tensor, labels: torch.Tensor, task: str, ignore_index: int = -100, *, check: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable per-example losses in float32 and a validity mask.
+
+    - `"sequence_classification"`: cross-entropy of `[B, C]` logits against class ids `[B]` (mean-squared error for a
+      single-output regression head with float labels).
+    - `"causal_lm"`: shifted token cross-entropy averaged over the example's own label tokens (labels equal to
+      `ignore_index` masked); an example without label tokens gets loss 0 and `valid=False`.
+
+    Args:
+        check (`bool`, defaults to `True`): validate the label range (turned off under `torch.func.vmap`).
+
+    Returns:
+        `(losses [B], valid [B] bool)`.
+    """
+    if task == "sequence_classification":
+        if logits.dim() != 2:
+            raise ValueError(f"Expected [batch, num_labels] logits for classification, got {tuple(logits.shape)}.")
+        if logits.shape[-1] == 1 and labels.is_floating_point():
+            losses = (logits.float().squeeze(-1) - labels.float()) ** 2
+            return losses, torch.ones_like(losses, dtype=torch.bool)
+        labels = labels.long().reshape(-1)
+        num_labels = logits.shape[-1]
+        if check and labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
+            raise ValueError(
+                f"Labels must lie in [0, {num_labels}) for this model, got min {int(labels.min())} and max "
+                f"{int(labels.max())}. Drop unlabelled rows or set num_labels to cover every class."
+            )
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        return losses, torch.ones_like(losses, dtype=torch.bool)
+    if task == "causal_lm":
+        if logits.dim() != 3:
+            raise ValueError(f"Expected [batch, seq, vocab] logits for causal LM, got {tuple(logits.shape)}.")
+        shift_logits = logits[:, :-1, :].float()
+        shift_labels = labels[:, 1:].long()
+        mask = shift_labels != ignore_index
+        token_losses = F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.masked_fill(~mask, 0).reshape(-1),
+            reduction="none",
+        ).view_as(shift_labels)
+        counts = mask.sum(dim=1)
+        losses = (token_losses * mask).sum(dim=1) / counts.clamp_min(1)
+        return losses, counts > 0
+    raise ValueError(f"Unknown task {task!r}; valid tasks are {', '.join(map(repr, TASKS))}.")
+
+
+@contextmanager
+def scoring_mode(model: nn.Module, freeze: bool = True) -> Iterator[None]:
+    """Eval mode (dropout off) and, with `freeze`, `requires_grad=False` on every parameter; both restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    model.eval()
+    if freeze:
+        for param, _ in flags:
+            param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode

@@ -1,0 +1,595 @@
+"""Exact per-example gradient norms at about the cost of one training step ("ghost norms").
+
+For a layer with inputs ``A_i`` (``T x d``) and output gradients ``B_i = dL_i/d(output)`` (``T x p``), the
+per-example weight gradient is ``G_i = B_i^T A_i``. Its squared Frobenius norm is computed without materialising
+``G_i`` for the whole model at once (Li, Tramer, Liang, Hashimoto 2022, arXiv:2110.05679, Eq. 3; Bu et al. 2023,
+arXiv:2210.00038):
+
+- Linear / HF ``Conv1D``: the Gram form ``<A_i A_i^T, B_i B_i^T>_F`` when ``T (p + d) <= p d`` (fewer FLOPs), else
+  ``G_i`` instantiated by ``bmm`` in bounded chunks of examples and discarded; bias ``||sum_t b_it||^2``.
+- Embedding: ``sum_v ||sum_{t: x_it = v} b_it||^2`` by segment sums over unique (example, id) keys, ``padding_idx``
+  tokens excluded (PyTorch gives them no gradient).
+- LayerNorm / RMSNorm: ``sum_t xhat_it * b_it`` instantiated (``xhat`` recomputed from the saved input); bias
+  ``sum_t b_it``.
+- Tied input/output embeddings (GPT-2 ``lm_head = wte``): ``||g_emb||^2 + ||g_head||^2 + 2 <g_emb, g_head>`` with the
+  exact cross term ``<g_emb, g_head> = sum_{t,s} c_s[x_t] (h_s . b_t)`` (``c`` = logit gradients, ``h`` = final hidden
+  states).
+- Any other module owning selected parameters: per-example gradients with ``torch.func`` (``vmap(grad)`` over
+  ``functional_call``, in chunks), logged once per module type.
+
+Layer inputs are captured by forward hooks and output gradients by tensor hooks registered on the outputs (no
+``register_full_backward_hook``). In norms-only mode every parameter is frozen for the duration of the call and the
+graph starts at the first hooked layer's output, so no weight-gradient products are computed and no ``.grad`` is
+touched; the cost is a forward, the activation backward and the norm terms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .core import (
+    ParamSpec,
+    forward_accepts,
+    infer_task,
+    per_example_losses,
+    prepare_batch,
+    scoring_mode,
+    select_parameters,
+)
+
+logger = logging.get_logger(__name__)
+
+#: Bound on the transient memory of an instantiated per-example weight gradient chunk (or a Gram chunk).
+_CHUNK_BYTES = 256 * 2**20
+_LOGGED_FALLBACK_TYPES: set[str] = set()
+
+try:  # transformers' GPT-2 style "Conv1D" (weight stored as [in, out])
+    from transformers.pytorch_utils import Conv1D as _HFConv1D
+except ImportError:  # pragma: no cover - very old transformers
+    _HFConv1D = None
+
+#: Parameter attributes each layer kind has a hand-written rule for.
+_SUPPORTED_ATTRS: dict[str, frozenset[str]] = {
+    "linear": frozenset({"weight", "bias"}),
+    "conv1d": frozenset({"weight", "bias"}),
+    "embedding": frozenset({"weight"}),
+    "layernorm": frozenset({"weight", "bias"}),
+    "rmsnorm": frozenset({"weight"}),
+}
+
+
+def _rms_eps(module: nn.Module) -> float | None:
+    for attr in ("variance_epsilon", "eps", "epsilon"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (float, int)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """The hand-written rule for `module` (`"linear"`, `"conv1d"`, `"embedding"`, `"layernorm"`, `"rmsnorm"`), or None.
+
+    Exact types only: a subclass may use its weights differently (e.g. `MultiheadAttention.out_proj`) and falls back to
+    `torch.func`. RMSNorm is recognised by a class name ending in "RMSNorm" with a single `weight` and an epsilon
+    attribute (Llama, Mistral, Qwen2, ...; the Gemma `1 + weight` form has the same weight gradient).
+    """
+    kind = type(module)
+    if kind is nn.Linear:
+        return "linear"
+    if _HFConv1D is not None and kind is _HFConv1D:
+        return "conv1d"
+    if kind is nn.Embedding:
+        return "embedding"
+    if kind is nn.LayerNorm:
+        return "layernorm"
+    params = {k for k, v in module._parameters.items() if v is not None}
+    if kind.__name__.endswith("RMSNorm") and params == {"weight"} and _rms_eps(module) is not None:
+        return "rmsnorm"
+    return None
+
+
+@dataclass(eq=False)
+class _Layer:
+    name: str
+    module: nn.Module
+    kind: str
+    weight: bool = False
+    bias: bool = False
+    tied: _Layer | None = field(default=None, repr=False)  # the other user of a tied embedding / output weight
+
+
+def build_plan(
+    model: nn.Module, selected: Mapping[str, nn.Parameter]
+) -> tuple[list[_Layer], dict[str, nn.Parameter], list[str]]:
+    """Assign each selected parameter to a hooked layer rule or to the `torch.func` fallback.
+
+    Returns:
+        `(layers, fallback_params, fallback_module_types)`.
+
+    Raises:
+        ValueError: if a selected parameter is shared by modules in a way other than tied input/output embeddings.
+    """
+    by_id = {id(p): (name, p) for name, p in selected.items()}
+    owners: dict[int, dict[int, tuple[str, nn.Module, str]]] = {pid: {} for pid in by_id}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is not None and id(param) in by_id:
+                owners[id(param)].setdefault(id(module), (module_name, module, attr))
+    layers: dict[int, _Layer] = {}
+    fallback: dict[str, nn.Parameter] = {}
+    fallback_types: list[str] = []
+
+    def layer_for(module_name: str, module: nn.Module) -> _Layer | None:
+        if id(module) not in layers:
+            kind = layer_kind(module)
+            if kind is None:
+                return None
+            layers[id(module)] = _Layer(module_name, module, kind)
+        return layers[id(module)]
+
+    for pid, users in owners.items():
+        param_name, param = by_id[pid]
+        users = list(users.values())
+        if len(users) == 2:
+            (n1, m1, a1), (n2, m2, a2) = users
+            if layer_kind(m2) == "embedding":
+                (n1, m1, a1), (n2, m2, a2) = (n2, m2, a2), (n1, m1, a1)
+            if layer_kind(m1) == "embedding" and layer_kind(m2) == "linear" and a1 == a2 == "weight":
+                emb, head = layer_for(n1, m1), layer_for(n2, m2)
+                emb.weight = head.weight = True
+                emb.tied, head.tied = head, emb
+                continue
+        if len(users) != 1:
+            where = ", ".join(f"{n or '<root>'}.{a} ({type(m).__name__})" for n, m, a in users)
+            raise ValueError(
+                f"Parameter {param_name!r} is shared by several modules ({where}). Only tied input/output embeddings "
+                "(nn.Embedding + nn.Linear) are supported; exclude this parameter with a params regex or untie it."
+            )
+        module_name, module, attr = users[0]
+        layer = layer_for(module_name, module)
+        if layer is None or attr not in _SUPPORTED_ATTRS[layer.kind]:
+            fallback[param_name] = param
+            type_name = type(module).__name__
+            if type_name not in fallback_types:
+                fallback_types.append(type_name)
+            continue
+        setattr(layer, attr, True)
+    return [layer for layer in layers.values() if layer.weight or layer.bias], fallback, fallback_types
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-layer math (shared by the norms-only path and the in-training collector)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _chunk(batch_size: int, bytes_per_example: int) -> int:
+    return max(1, min(batch_size, _CHUNK_BYTES // max(1, bytes_per_example)))
+
+
+def linear_weight_sq_norms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`||B_i^T A_i||_F^2` per example for inputs `a` `[B, T, d]` and output gradients `b` `[B, T, p]` (float32).
+
+    Gram form when `T (p + d) <= p d` (fewer FLOPs), else instantiation; both in chunks of examples of bounded memory.
+    """
+    batch, seq, d = a.shape
+    p = b.shape[-1]
+    if seq == 1:
+        return a.square().sum((1, 2)) * b.square().sum((1, 2))
+    out = []
+    if seq * (p + d) <= p * d:
+        step = _chunk(batch, 2 * seq * seq * 4)
+        for s in range(0, batch, step):
+            aa, bb = a[s : s + step], b[s : s + step]
+            out.append((torch.bmm(aa, aa.transpose(1, 2)) * torch.bmm(bb, bb.transpose(1, 2))).sum((1, 2)))
+    else:
+        step = _chunk(batch, p * d * 4)
+        for s in range(0, batch, step):
+            grads = torch.bmm(b[s : s + step].transpose(1, 2), a[s : s + step])
+            out.append(grads.square().sum((1, 2)))
+    return torch.cat(out)
+
+
+def embedding_sq_norms(
+    ids: torch.Tensor, b: torch.Tensor, num_embeddings: int, padding_idx: int | None
+) -> torch.Tensor:
+    """`sum_v ||sum_{t: x_it = v} b_it||^2` per example by segment sums; `ids` `[B, T]`, `b` `[B, T, d]` float32."""
+    batch = ids.shape[0]
+    keys = torch.arange(batch, device=ids.device).unsqueeze(1) * num_embeddings + ids.long()
+    rows = b
+    if padding_idx is not None:
+        keep = ids != padding_idx
+        keys, rows = keys[keep], rows[keep]
+    else:
+        keys, rows = keys.reshape(-1), rows.reshape(-1, b.shape[-1])
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    sums = torch.zeros(unique.shape[0], b.shape[-1], dtype=b.dtype, device=b.device).index_add_(0, inverse, rows)
+    out = torch.zeros(batch, dtype=b.dtype, device=b.device)
+    return out.index_add_(0, unique // num_embeddings, sums.square().sum(-1))
+
+
+def _normalized_input(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    if layer.kind == "layernorm":
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + layer.module.eps)
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + _rms_eps(layer.module))
+
+
+def layer_sq_norms(layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per-example squared gradient norm of `layer`'s selected parameters from its input `x` and output gradient."""
+    batch = grad.shape[0]
+    if layer.kind in ("linear", "conv1d"):
+        a = x.reshape(batch, -1, x.shape[-1]).float()
+        b = grad.reshape(batch, -1, grad.shape[-1]).float()
+        out = torch.zeros(batch, dtype=torch.float32, device=grad.device)
+        if layer.weight:
+            out = out + linear_weight_sq_norms(a, b)
+        if layer.bias:
+            out = out + b.sum(1).square().sum(-1)
+        return out
+    if layer.kind == "embedding":
+        ids = x.reshape(batch, -1)
+        b = grad.reshape(batch, ids.shape[1], -1).float()
+        return embedding_sq_norms(ids, b, layer.module.num_embeddings, layer.module.padding_idx)
+    width = math.prod(layer.module.weight.shape)
+    xs = x.reshape(batch, -1, width).float()
+    b = grad.reshape(batch, -1, width).float()
+    out = torch.zeros(batch, dtype=torch.float32, device=grad.device)
+    if layer.weight:
+        out = out + (_normalized_input(layer, xs) * b).sum(1).square().sum(-1)
+    if layer.bias:
+        out = out + b.sum(1).square().sum(-1)
+    return out
+
+
+def tied_cross_term(ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """`U[i, t] = sum_s c_is[x_it] h_is` (`[B, T_emb, d]`), so that `<g_emb, g_head>_i = sum_t b_it . U[i, t]`.
+
+    Args:
+        ids: embedding input ids `[B, T_emb]`; h: head inputs `[B, T_head, d]`; c: head output gradients
+            `[B, T_head, V]` (float32).
+    """
+    gathered = c.gather(2, ids.long().unsqueeze(1).expand(-1, c.shape[1], -1))  # [B, T_head, T_emb]
+    return torch.bmm(gathered.transpose(1, 2), h)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hook engine
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _HookEngine:
+    """Forward hooks capture layer inputs; tensor hooks on the outputs consume the output gradients.
+
+    With `frozen=True` (norms-only), a layer output that does not require grad is made differentiable by adding a
+    zero scalar leaf (`anchor`), so the backward (`torch.autograd.grad(total, engine.anchor)`) starts there and no
+    parameter gradient is formed. With `frozen=False` (inside training) only outputs that already require grad are
+    hooked and the training backward is left untouched.
+    """
+
+    def __init__(self, model: nn.Module, selected: Mapping[str, nn.Parameter], *, frozen: bool) -> None:
+        self.model = model
+        self.layers, self.fallback, self.fallback_types = build_plan(model, selected)
+        self.frozen = frozen
+        self._handles: list[Any] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.sq: torch.Tensor | None = None
+        self.batch_size: int | None = None
+        self._pending: dict[int, torch.Tensor] = {}
+        self._cross: dict[int, torch.Tensor] = {}
+        self._in_backward = False
+        self.anchor: torch.Tensor | None = None
+
+    def __enter__(self) -> _HookEngine:
+        for layer in self.layers:
+            self._handles.append(layer.module.register_forward_hook(partial(self._forward_hook, layer),
+                                                                    with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _forward_hook(self, layer: _Layer, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"Layer {layer.name!r} ({type(module).__name__}) returned {type(output).__name__}, not a tensor; "
+                "exclude its parameters with a params regex."
+            )
+        if not self.frozen and not output.requires_grad:
+            return None  # a no-grad forward (evaluation) inside training: nothing to record
+        if self._in_backward:  # a new forward after a backward: start a new batch
+            self._pending.clear()
+            self._cross.clear()
+            self.sq, self.batch_size, self._in_backward = None, None, False
+        if id(module) in self._pending:
+            raise ValueError(
+                f"Module {layer.name!r} ({type(module).__name__}) was called twice in one forward pass (parameter "
+                "reuse, or gradient checkpointing recomputing the forward). Per-example norms need cross terms for "
+                "reused parameters; exclude this module's parameters with a params regex or disable gradient "
+                "checkpointing."
+            )
+        x = args[0] if args else next(iter(kwargs.values()))
+        batch = x.shape[0]
+        if self.batch_size is None:
+            self.batch_size = batch
+        elif batch != self.batch_size or output.shape[0] != batch:
+            raise ValueError(
+                f"Layer {layer.name!r} sees a batch dimension of {batch} (output {tuple(output.shape)}) while the "
+                f"batch has {self.batch_size} examples: its inputs are broadcast across examples, so per-example "
+                "gradients are not separable. Pass per-example inputs, e.g. position_ids of shape (batch, seq_len)."
+            )
+        self._pending[id(module)] = x.detach()
+        if self.frozen and not output.requires_grad:
+            if self.anchor is None:
+                self.anchor = torch.zeros((), device=output.device, requires_grad=True)
+            output = output + self.anchor.to(output.dtype)
+            output.register_hook(partial(self._grad_hook, layer))
+            return output
+        output.register_hook(partial(self._grad_hook, layer))
+        return None
+
+    def _grad_hook(self, layer: _Layer, grad: torch.Tensor) -> None:
+        x = self._pending.pop(id(layer.module), None)
+        if x is None:
+            return
+        self._in_backward = True
+        self.consume(layer, x, grad.detach())
+
+    def _add(self, values: torch.Tensor) -> None:
+        self.sq = values if self.sq is None else self.sq + values
+
+    def consume(self, layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """Turn one layer's input and output gradient into per-example squared norms."""
+        sq = layer_sq_norms(layer, x, grad)
+        if layer.tied is not None:
+            partner = id(layer.tied.module)
+            if layer.kind == "linear":  # the output head runs backward first: prepare the cross term
+                ids = self._pending.get(partner)
+                if ids is not None:
+                    h = x.reshape(grad.shape[0], -1, x.shape[-1]).float()
+                    self._cross[partner] = tied_cross_term(ids.reshape(grad.shape[0], -1), h, grad.float())
+            else:
+                cross = self._cross.pop(id(layer.module), None)
+                if cross is not None:
+                    ids = x.reshape(grad.shape[0], -1)
+                    b = grad.reshape(grad.shape[0], ids.shape[1], -1).float()
+                    dots = (b * cross).sum(-1)
+                    if layer.module.padding_idx is not None:
+                        dots = dots.masked_fill(ids == layer.module.padding_idx, 0.0)
+                    sq = sq + 2 * dots.sum(1)
+        self._add(sq)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.func fallback for modules without a rule
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _four_d_mask(mask2d: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    keep = mask2d.bool()[:, None, None, :].expand(-1, 1, mask2d.shape[1], -1)
+    if causal:
+        keep = keep & torch.ones(mask2d.shape[1], mask2d.shape[1], dtype=torch.bool, device=mask2d.device).tril()
+    return torch.zeros(keep.shape, dtype=dtype, device=mask2d.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def fallback_sq_norms(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    inputs: Mapping[str, Any],
+    labels: torch.Tensor,
+    task: str,
+    reference_losses: torch.Tensor,
+    chunk_size: int = 8,
+) -> torch.Tensor:
+    """Per-example squared gradient norms over `params` with `torch.func.vmap(grad(...))`, `chunk_size` at a time.
+
+    The attention mask is passed as a pre-built 4-D additive mask (HF mask creation is not vmappable). Whether it
+    must be causal is checked against the batched forward: the per-example losses under vmap must reproduce
+    `reference_losses`, otherwise an error is raised rather than returning wrong norms.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    dtype = next(iter(params.values())).dtype
+    detached = {name: p.detach() for name, p in params.items()}
+    batch_size = labels.shape[0]
+    mapped = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (batch_size,)}
+    fixed = {k: v for k, v in inputs.items() if k not in mapped}
+    ids = mapped.get("input_ids", mapped.get("inputs_embeds"))
+    mask2d = mapped.pop("attention_mask", None)
+    if mask2d is None:
+        mask2d = torch.ones(ids.shape[:2], dtype=torch.long, device=ids.device)
+    if mask2d.dim() != 2:
+        raise ValueError("The torch.func fallback needs a 2-D attention_mask [batch, seq_len].")
+    float_dtype = dtype if dtype.is_floating_point else torch.float32
+
+    def loss_one(p: dict, example: dict, label: torch.Tensor, mask4d: torch.Tensor) -> tuple:
+        kwargs = {k: v.unsqueeze(0) for k, v in example.items()}
+        kwargs["attention_mask"] = mask4d.unsqueeze(0)
+        out = functional_call(model, p, args=(), kwargs={**fixed, **kwargs})
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        loss, _ = per_example_losses(logits, label.unsqueeze(0), task, check=False)
+        return loss[0], loss[0].detach()
+
+    per_example = vmap(grad(loss_one, has_aux=True), in_dims=(None, 0, 0, 0), chunk_size=chunk_size)
+    first_causal = task == "causal_lm" or bool(getattr(getattr(model, "config", None), "is_decoder", False))
+    tried = []
+    for causal in (first_causal, not first_causal):
+        grads, losses = per_example(detached, mapped, labels, _four_d_mask(mask2d, causal, float_dtype))
+        tried.append(float((losses - reference_losses).abs().max()))
+        if torch.allclose(losses, reference_losses, rtol=1e-4, atol=1e-5):
+            return sum(g.float().reshape(batch_size, -1).square().sum(-1) for g in grads.values())
+    raise RuntimeError(
+        f"The torch.func fallback could not reproduce the model's per-example losses (max abs difference {tried}) "
+        "with either a bidirectional or a causal 4-D attention mask. Exclude the parameters of "
+        f"{sorted({type(m).__name__ for m in model.modules() if any(p is q for p in m._parameters.values() for q in params.values())})}"  # noqa: E501
+        " with a params regex."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def per_example_grad_norms(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    params: ParamSpec = None,
+    *,
+    task: str = "auto",
+    squared: bool = False,
+    fallback_chunk_size: int = 8,
+) -> torch.Tensor:
+    """Exact L2 norm of each example's loss gradient over the selected parameters, in one batched backward.
+
+    The loss is the one the Trainer optimises per example: cross-entropy for sequence classification; for causal LM
+    the mean token cross-entropy over the example's own shifted label tokens (labels -100 ignored). The model runs in
+    eval mode (dropout off) with every parameter frozen during the call (restored after): no `.grad` is written and no
+    weight-gradient products are computed. Per-example `position_ids` `(B, T)` are passed when the batch has none.
+
+    Args:
+        model (`nn.Module`): a transformers model (or PEFT model) returning `logits`.
+        batch (`dict`): a collated batch: `input_ids`, optionally `attention_mask`/`token_type_ids`/`position_ids`,
+            and `labels` (or `label`); an `example_id` entry is ignored.
+        params (`None`, `str` or iterable, *optional*): `None` = every parameter with `requires_grad` (a PEFT model's
+            adapters); a regex searched in parameter names; or names / `nn.Parameter` objects.
+        task (`str`, defaults to `"auto"`): `"sequence_classification"`, `"causal_lm"` or `"auto"`.
+        squared (`bool`, defaults to `False`): return squared norms.
+        fallback_chunk_size (`int`, defaults to 8): examples per `vmap` chunk for modules without a hand-written rule.
+
+    Returns:
+        `torch.Tensor`: float32 `[batch_size]` (NaN for a causal-LM example without label tokens).
+
+    Raises:
+        ValueError: no parameter selected, a regex matching nothing, missing labels, or an unsupported parameter
+            sharing.
+
+    Example:
+        ```python
+        >>> from hf_influence.grads import per_example_grad_norms
+        >>> norms = per_example_grad_norms(model, {"input_ids": ids, "attention_mask": mask, "labels": y})
+        >>> norms.shape  # (batch_size,)
+        ```
+    """
+    selected = select_parameters(model, params)
+    engine = _HookEngine(model, selected, frozen=True)
+    _log_fallback(engine.fallback_types)
+    inputs, labels = prepare_batch(model, batch)
+    batch_size = labels.shape[0]
+    with scoring_mode(model, freeze=True):
+        with engine:
+            outputs = model(**inputs)
+            logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+            resolved = infer_task(model, logits, task)
+            losses, valid = per_example_losses(logits, labels, resolved)
+            total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
+            if engine.anchor is not None and total.requires_grad:
+                torch.autograd.grad(total, engine.anchor)
+        sq = torch.zeros(batch_size, dtype=torch.float32, device=logits.device)
+        if engine.sq is not None:
+            sq = sq + engine.sq
+        if engine.fallback:
+            sq = sq + fallback_sq_norms(
+                model, engine.fallback, inputs, labels, resolved, losses.detach(), chunk_size=fallback_chunk_size
+            )
+    sq = sq.masked_fill(~valid, float("nan"))
+    return sq if squared else sq.sqrt()
+
+
+def _log_fallback(types: list[str]) -> None:
+    new = [t for t in types if t not in _LOGGED_FALLBACK_TYPES]
+    if new:
+        _LOGGED_FALLBACK_TYPES.update(new)
+        logger.warning(
+            f"No ghost-norm rule for module type(s) {', '.join(new)}: their parameters' per-example gradients are "
+            "computed with torch.func (vmap over examples; slower, more memory)."
+        )
+
+
+class GhostNormCollector:
+    """Per-example gradient norms from the training backward itself (for in-training GraNd).
+
+    Inside `with`, forward hooks capture layer inputs and tensor hooks read the output gradients of the training
+    backward. After ONE `loss.backward()` of a scalar that is a sum of per-example terms (e.g. a mean or a weighted
+    sum of per-example losses), `squared_norms()` returns the squared norm of each example's contribution over the
+    selected parameters (rescale by the loss weighting to get per-example loss-gradient norms). The parameter
+    gradients are exactly those of a plain backward. Missing `position_ids` are filled in as `(B, T)` so that
+    position-embedding gradients stay per example.
+
+    Args:
+        model (`nn.Module`): the model being trained.
+        params (`None`, `str` or iterable, *optional*): as in `per_example_grad_norms` (default: trainable params).
+
+    Raises:
+        ValueError: if a selected parameter has no hand-written rule (the `torch.func` fallback needs extra passes);
+            exclude it with a params regex.
+
+    Example:
+        ```python
+        >>> with GhostNormCollector(model) as collector:
+        ...     loss = model(**batch).loss  # mean over the batch
+        ...     loss.backward()
+        >>> grad_norms = collector.squared_norms().sqrt() * batch_size  # per-example loss-gradient norms
+        ```
+    """
+
+    def __init__(self, model: nn.Module, params: ParamSpec = None) -> None:
+        self.model = model
+        self._engine = _HookEngine(model, select_parameters(model, params), frozen=False)
+        if self._engine.fallback:
+            raise ValueError(
+                f"GhostNormCollector has no rule for module type(s) {', '.join(self._engine.fallback_types)} "
+                f"(parameters {', '.join(self._engine.fallback)}). Exclude them with a params regex, or compute "
+                "norms after the step with per_example_grad_norms (which falls back to torch.func)."
+            )
+        self._pre_handle: Any = None
+
+    def __enter__(self) -> GhostNormCollector:
+        self._engine.reset()
+        self._engine.__enter__()
+        if forward_accepts(self.model, "position_ids"):
+            self._pre_handle = self.model.register_forward_pre_hook(self._add_position_ids, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._engine.__exit__()
+        if self._pre_handle is not None:
+            self._pre_handle.remove()
+            self._pre_handle = None
+
+    @staticmethod
+    def _add_position_ids(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if kwargs.get("position_ids") is not None or len(args) > 1 or kwargs.get("past_key_values") is not None:
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else kwargs.get("inputs_embeds"))
+        if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
+            return None
+        batch, seq = ids.shape[:2]
+        kwargs = dict(kwargs)
+        kwargs["position_ids"] = torch.arange(seq, device=ids.device).unsqueeze(0).expand(batch, seq)
+        return args, kwargs
+
+    def squared_norms(self) -> torch.Tensor:
+        """Float32 `[batch_size]` squared norms of each example's contribution to the last backward's gradient."""
+        if self._engine.sq is None:
+            raise RuntimeError(
+                "No per-example norms recorded: run a forward and loss.backward() inside the `with` block first (the "
+                "forward must track gradients)."
+            )
+        return self._engine.sq.detach().clone()
+
+    def reset(self) -> None:
+        """Forget the recorded norms."""
+        self._engine.reset()

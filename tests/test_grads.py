@@ -1,0 +1,296 @@
+"""Exactness of the ghost per-example gradient norms against a naive per-example loop (one backward per example,
+batch of one, padding removed), on tiny BERT-, GPT-2- (tied embeddings) and Llama-like models, with and without LoRA.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+from torch import nn
+
+from hf_influence.grads import GhostNormCollector, per_example_grad_norms
+from hf_influence.grads import ghost as ghost_module
+
+LENGTHS = [11, 4, 7, 2, 9, 6]
+RTOL = 1e-5
+
+
+def make_batch(vocab: int, seed: int = 0, lengths=LENGTHS, token_types: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batch, width = len(lengths), max(lengths)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    for i, length in enumerate(lengths):
+        mask[i, :length] = 1
+    ids = torch.randint(3, vocab, (batch, width), generator=g).masked_fill(mask == 0, 0)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if token_types:
+        out["token_type_ids"] = (torch.rand(batch, width, generator=g) > 0.5).long() * mask
+    return out
+
+
+def lm_labels(batch: dict[str, torch.Tensor], prompt: int = 1) -> torch.Tensor:
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels[:, :prompt] = -100  # a masked prompt token, like an instruction-tuning collator
+    return labels
+
+
+def naive_sq_norms(model: nn.Module, batch: dict, params: list[nn.Parameter], task: str) -> torch.Tensor:
+    """One backward per example at batch size 1 with the padding removed; HF's own loss for causal LM."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    model.eval()
+    out = []
+    for i in range(batch["input_ids"].shape[0]):
+        length = int(batch["attention_mask"][i].sum())
+        kwargs = {k: v[i : i + 1, :length] for k, v in batch.items() if k != "labels"}
+        if task == "cls":
+            loss = F.cross_entropy(model(**kwargs).logits, batch["labels"][i : i + 1])
+        else:
+            loss = model(**kwargs, labels=batch["labels"][i : i + 1, :length]).loss
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out.append(sum(g.double().square().sum() for g in grads if g is not None))
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    return torch.stack(out).float()
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape
+    rel = ((ours - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
+    assert rel < RTOL, f"max relative error {rel:.2e}\nours {ours}\nref  {ref}"
+
+
+def test_bert_all_params_padding_token_types():
+    torch.manual_seed(0)
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    batch = make_batch(97, token_types=True)
+    batch["labels"] = torch.tensor([0, 2, 1, 1, 0, 2])
+    params = list(model.parameters())
+    ref = naive_sq_norms(model, batch, params, "cls")
+    ours = per_example_grad_norms(model, batch)
+    assert_close(ours.square(), ref)
+    assert_close(per_example_grad_norms(model, batch, squared=True), ref)
+    # norms-only mode: no .grad written, requires_grad flags and train/eval flags restored
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    model.train()
+    per_example_grad_norms(model, batch)
+    assert model.training and model.bert.encoder.training
+
+
+def test_gpt2_tied_embeddings_cross_term():
+    torch.manual_seed(1)
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(tiny_gpt2_config()).eval()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    batch = make_batch(89, seed=1)
+    batch["labels"] = lm_labels(batch)
+    ref = naive_sq_norms(model, batch, list(model.parameters()), "lm")
+    ours = per_example_grad_norms(model, batch, squared=True)
+    assert_close(ours, ref)
+    # the tied weight alone (selected through either of its names) still needs the cross term
+    ref_tied = naive_sq_norms(model, batch, [model.lm_head.weight], "lm")
+    assert_close(per_example_grad_norms(model, batch, params=r"^lm_head\.weight$", squared=True), ref_tied)
+
+
+def test_llama_rmsnorm_causal_lm_and_no_label_tokens():
+    torch.manual_seed(2)
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(tiny_llama_config()).eval()
+    for module in model.modules():  # non-trivial RMSNorm weights
+        if type(module).__name__.endswith("RMSNorm"):
+            nn.init.normal_(module.weight, 1.0, 0.2)
+    batch = make_batch(101, seed=2)
+    batch["labels"] = lm_labels(batch)
+    batch["labels"][3] = -100  # no label token at all: undefined loss -> NaN
+    ours = per_example_grad_norms(model, batch, squared=True)
+    keep = [0, 1, 2, 4, 5]
+    sub = {k: v[keep] for k, v in batch.items()}
+    ref = naive_sq_norms(model, sub, list(model.parameters()), "lm")
+    assert torch.isnan(ours[3])
+    assert_close(ours[keep], ref)
+
+
+def test_llama_lora_default_adapter_params():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(3)
+    base = LlamaForCausalLM(tiny_llama_config())
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.3))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.1)
+    model.train()  # dropout on: the call must switch it off
+    batch = make_batch(101, seed=3)
+    batch["labels"] = lm_labels(batch)
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    assert adapters and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    ours = per_example_grad_norms(model, batch, squared=True)
+    assert model.training
+    ref = naive_sq_norms(model, batch, adapters, "lm")
+    assert_close(ours, ref)
+
+
+def test_bert_lora_with_trainable_head_and_params_regex():
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(4)
+    model = get_peft_model(
+        BertForSequenceClassification(tiny_bert_config()),
+        LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query", "value"]),
+    ).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.1)
+    batch = make_batch(97, seed=4, token_types=True)
+    batch["labels"] = torch.tensor([2, 0, 1, 2, 1, 0])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert_close(per_example_grad_norms(model, batch, squared=True), naive_sq_norms(model, batch, trainable, "cls"))
+
+    # a regex over all names (frozen ones included): the last encoder layer, as in the SNLI paper's TracIn
+    regex = r"encoder\.layer\.1\..*base_layer"
+    chosen = [p for n, p in model.named_parameters() if __import__("re").search(regex, n)]
+    assert chosen and not any(p.requires_grad for p in chosen)
+    ours = per_example_grad_norms(model, batch, params=regex, squared=True)
+    assert_close(ours, naive_sq_norms(model, batch, chosen, "cls"))
+    assert all(p.grad is None for p in model.parameters())
+
+
+class ScaledHead(nn.Module):
+    """A classifier head with no hand-written rule (forces the torch.func fallback)."""
+
+    def __init__(self, hidden: int, num_labels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(num_labels, hidden) * 0.2)
+        self.scale = nn.Parameter(torch.tensor(1.7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ self.w.T) * self.scale
+
+
+def test_fallback_module_uses_torch_func(caplog):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(5)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model.classifier = ScaledHead(24, 3)
+    batch = make_batch(97, seed=5, token_types=True)
+    batch["labels"] = torch.tensor([1, 1, 0, 2, 0, 2])
+    ghost_module._LOGGED_FALLBACK_TYPES.discard("ScaledHead")
+    _, fallback, types = ghost_module.build_plan(model, dict(model.named_parameters()))
+    assert set(fallback) == {"classifier.w", "classifier.scale"} and types == ["ScaledHead"]
+    ours = per_example_grad_norms(model, batch, squared=True)
+    assert_close(ours, naive_sq_norms(model, batch, list(model.parameters()), "cls"))
+    only_head = per_example_grad_norms(model, batch, params="classifier", squared=True)
+    assert_close(only_head, naive_sq_norms(model, batch, [model.classifier.w, model.classifier.scale], "cls"))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
+def test_linear_rule_gram_and_instantiation_match_explicit(monkeypatch, chunk_bytes):
+    monkeypatch.setattr(ghost_module, "_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(6)
+    for seq, d, p in [(3, 40, 50), (30, 6, 5), (1, 7, 3)]:  # Gram, instantiation, T=1
+        a, b = torch.randn(5, seq, d, generator=g), torch.randn(5, seq, p, generator=g)
+        explicit = torch.stack([(b[i].T @ a[i]).square().sum() for i in range(5)])
+        assert_close(ghost_module.linear_weight_sq_norms(a, b), explicit)
+
+
+def test_collector_inside_training_backward_weighted_loss():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(7)
+    model = BertForSequenceClassification(tiny_bert_config()).train()  # dropout probabilities are 0 in the config
+    reference = copy.deepcopy(model)
+    batch = make_batch(97, seed=7, token_types=True)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    weights = torch.tensor([0.5, 1.0, 2.0, 0.25, 1.5, 3.0])
+    with GhostNormCollector(model) as collector:
+        logits = model(**batch).logits  # no position_ids passed: the collector adds (B, T) ones
+        loss = (weights * F.cross_entropy(logits, labels, reduction="none")).sum()
+        loss.backward()
+    sq = collector.squared_norms()
+    ref_model = copy.deepcopy(reference)
+    ref = naive_sq_norms(ref_model, {**batch, "labels": labels}, list(ref_model.parameters()), "cls")
+    assert_close(sq, weights.square() * ref)
+    # the training gradients are exactly those of a plain backward
+    plain = (weights * F.cross_entropy(reference(**batch).logits, labels, reduction="none")).sum()
+    plain.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    # hooks are gone after the block: a second backward does not change the recorded norms
+    model(**batch).logits.sum().backward()
+    assert torch.equal(collector.squared_norms(), sq)
+
+
+def test_collector_gpt2_tied_mean_loss():
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(8)
+    model = GPT2LMHeadModel(tiny_gpt2_config()).train()
+    batch = make_batch(89, seed=8, lengths=[5, 8, 3, 8])
+    labels = lm_labels(batch)
+    with GhostNormCollector(model) as collector:
+        logits = model(**batch).logits[:, :-1]
+        token = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
+        per_example = token.sum(1) / (labels[:, 1:] != -100).sum(1)
+        per_example.mean().backward()
+    ref = naive_sq_norms(model, {**batch, "labels": labels}, list(model.parameters()), "lm")
+    assert_close(collector.squared_norms(), ref / 16)
+
+
+def test_collector_refuses_fallback_modules():
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_bert_config())
+    model.classifier = ScaledHead(24, 3)
+    with pytest.raises(ValueError, match="ScaledHead"):
+        GhostNormCollector(model)
+    GhostNormCollector(model, params=r"^bert\.")  # excluding them works
+
+
+class ReusedLinear(nn.Module):
+    """A toy classifier that applies the same Linear twice (parameter reuse)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.mix = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.mix(torch.tanh(self.mix(self.emb(input_ids))))
+        return SimpleNamespace(logits=self.out(h.mean(1)))
+
+
+def test_errors():
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_bert_config())
+    batch = make_batch(97)
+    with pytest.raises(ValueError, match="no labels"):
+        per_example_grad_norms(model, batch)
+    batch["labels"] = torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="matches no parameter"):
+        per_example_grad_norms(model, batch, params=r"no_such_layer")
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 3\)"):
+        per_example_grad_norms(model, {**batch, "labels": torch.tensor([0, 1, 5, 0, 1, 2])})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="No trainable parameters"):
+        per_example_grad_norms(model, batch)
+    toy = ReusedLinear()
+    with pytest.raises(ValueError, match="called twice"):
+        per_example_grad_norms(toy, {"input_ids": torch.randint(0, 20, (3, 4)), "labels": torch.tensor([0, 1, 0])})
+    assert all(p.requires_grad for p in toy.parameters())  # flags restored after the error
