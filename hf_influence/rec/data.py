@@ -481,8 +481,11 @@ class ItemVocab:
 
     @classmethod
     def from_dataset(cls, dataset, columns: Sequence[str] = ("history_item_ids", "target_item_ids")) -> ItemVocab:
-        """Build a vocabulary from every item id in user rows (a `Dataset` or a `DatasetDict`)."""
-        parts = dataset.values() if hasattr(dataset, "values") else [dataset]
+        """Build a vocabulary from every item id in user rows (a `Dataset`, a `DatasetDict` or a list of datasets)."""
+        if isinstance(dataset, (list, tuple)):
+            parts = dataset
+        else:
+            parts = dataset.values() if hasattr(dataset, "values") else [dataset]
         ids = {int(i) for part in parts for column in columns for seq in part[column] for i in seq}
         return cls(sorted(ids))
 
