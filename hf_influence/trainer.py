@@ -33,6 +33,7 @@ logger = logging.get_logger(__name__)
 _RESUME_CONFIG_KEYS: tuple[str, ...] = (
     "task", "example_id_column", "record_grad_norm", "dense_eval_steps", "dense_eval_max_epoch", "seed", "data_seed",
     "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "group_by_length",
+    "train_sampling_strategy",
 )
 _PACKED_BATCH_KEYS: tuple[str, ...] = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens", "seq_idx")
 
@@ -57,10 +58,11 @@ def resolve_task(model, task: str = "auto") -> str:
     if task == "auto":
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        if name.endswith("ForSequenceClassification"):
+        causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        lineage = [cls.__name__ for cls in type(base).__mro__]  # user subclasses inherit the task of their base
+        if any(n.endswith("ForSequenceClassification") for n in lineage):
             task = "sequence_classification"
-        elif name.endswith("ForCausalLM") or name.endswith("LMHeadModel") or \
-                name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        elif any(n.endswith("ForCausalLM") or n.endswith("LMHeadModel") or n in causal_names for n in lineage):
             task = "causal_lm"
         else:
             raise ValueError(
@@ -239,7 +241,7 @@ class ScoringMixin:
         config = self._scoring.to_dict()
         config["task"] = self._task or config["task"]
         for key in ("seed", "data_seed", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                    "world_size", "group_by_length", "num_train_epochs", "max_steps"):
+                    "world_size", "group_by_length", "train_sampling_strategy", "num_train_epochs", "max_steps"):
             config[key] = getattr(self.args, key, None)
         return {
             "model_class": type(model).__name__,
@@ -458,13 +460,15 @@ class ScoringMixin:
         every = self._scoring.dense_eval_steps
         if not (self._recording and every and state.global_step % every == 0):
             return
+        # the epoch of the optimizer step just done (state.epoch reaches k + 1.0 at the last step of epoch k)
+        epoch = max(math.ceil(state.epoch or 0.0) - 1, 0)
         max_epoch = self._scoring.dense_eval_max_epoch
-        if max_epoch is not None and self._current_epoch() >= max_epoch:
+        if max_epoch is not None and epoch >= max_epoch:
             return
-        self.dense_evaluate(step=state.global_step)
+        self.dense_evaluate(step=state.global_step, epoch=epoch)
 
     @torch.no_grad()
-    def dense_evaluate(self, step: int | None = None) -> None:
+    def dense_evaluate(self, step: int | None = None, epoch: int | None = None) -> None:
         """Evaluate the whole training set (eval mode, `no_grad`) and buffer its signals in the dense table.
 
         The random number generators are restored afterwards, so training continues exactly as without it.
@@ -475,7 +479,7 @@ class ScoringMixin:
         cpu_state = torch.get_rng_state()
         cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         column = self._scoring.example_id_column
-        epoch = self._current_epoch()
+        epoch = self._current_epoch() if epoch is None else epoch
         try:
             model.eval()
             dataloader = self.get_test_dataloader(self.train_dataset)
