@@ -195,7 +195,12 @@ def per_example_losses(
         if logits.shape[-1] == 1 and labels.is_floating_point():
             losses = (logits.float().squeeze(-1) - labels.float()) ** 2
             return losses, torch.ones_like(losses, dtype=torch.bool)
-        labels = labels.long().reshape(-1)
+        if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"Classification needs one class id per example (labels of shape [{logits.shape[0]}]), got labels of "
+                f"shape {tuple(labels.shape)}. Check the label column (label_column=...)."
+            )
+        labels = labels.long()
         num_labels = logits.shape[-1]
         if check and labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
             raise ValueError(
@@ -237,3 +242,22 @@ def scoring_mode(model: nn.Module, freeze: bool = True) -> Iterator[None]:
             param.requires_grad_(flag)
         for module, mode in modes:
             module.training = mode
+
+
+def collate_for_gradients(
+    rows: Mapping[str, list], *, tokenizer: Any = None, pad_token_id: int = 0, label_column: str = "label"
+) -> dict[str, torch.Tensor]:
+    """Pad a `datasets` batch (columns of lists) and attach `labels`.
+
+    Labels are the class ids of `label_column` when that column exists (classification), else a padded `labels`
+    column (causal LM, -100 on padding), else the input ids with padding masked (causal LM on plain text).
+    """
+    from ..scorers.base import pad_batch
+
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in rows]
+    batch = pad_batch({k: rows[k] for k in keys}, tokenizer=tokenizer, pad_token_id=pad_token_id)
+    if label_column in rows and label_column != "labels":
+        batch["labels"] = torch.as_tensor(rows[label_column], dtype=torch.long)
+    elif "labels" not in batch:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return batch

@@ -483,29 +483,38 @@ def per_example_grad_norms(
         >>> norms.shape  # (batch_size,)
         ```
     """
-    selected = select_parameters(model, params)
-    engine = _HookEngine(model, selected, frozen=True)
+    engine = _HookEngine(model, select_parameters(model, params), frozen=True)
     _log_fallback(engine.fallback_types)
-    inputs, labels = prepare_batch(model, batch)
-    batch_size = labels.shape[0]
     with scoring_mode(model, freeze=True):
-        with engine:
-            outputs = model(**inputs)
-            logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-            resolved = infer_task(model, logits, task)
-            losses, valid = per_example_losses(logits, labels, resolved)
-            total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
-            if engine.anchor is not None and total.requires_grad:
-                torch.autograd.grad(total, engine.anchor)
-        sq = torch.zeros(batch_size, dtype=torch.float32, device=logits.device)
+        inputs, labels, losses, valid, resolved = run_frozen_backward(model, batch, engine, task)
+        sq = torch.zeros(labels.shape[0], dtype=torch.float32, device=losses.device)
         if engine.sq is not None:
             sq = sq + engine.sq
         if engine.fallback:
             sq = sq + fallback_sq_norms(
-                model, engine.fallback, inputs, labels, resolved, losses.detach(), chunk_size=fallback_chunk_size
+                model, engine.fallback, inputs, labels, resolved, losses, chunk_size=fallback_chunk_size
             )
     sq = sq.masked_fill(~valid, float("nan"))
     return sq if squared else sq.sqrt()
+
+
+def run_frozen_backward(
+    model: nn.Module, batch: Mapping[str, Any], engine: _HookEngine, task: str = "auto"
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Forward with `engine`'s hooks, per-example losses, and one backward of their sum to the engine's anchor.
+
+    Call inside `scoring_mode(model, freeze=True)`. Returns `(inputs, labels, losses (detached), valid, task)`.
+    """
+    inputs, labels = prepare_batch(model, batch)
+    with engine:
+        outputs = model(**inputs)
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+        resolved = infer_task(model, logits, task)
+        losses, valid = per_example_losses(logits, labels, resolved)
+        total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
+        if engine.anchor is not None and total.requires_grad:
+            torch.autograd.grad(total, engine.anchor)
+    return inputs, labels, losses.detach(), valid, resolved
 
 
 def _log_fallback(types: list[str]) -> None:

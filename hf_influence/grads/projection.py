@@ -1,0 +1,218 @@
+"""Projected per-example gradient features (LoGra-style Kronecker projection), for influence and similarity queries.
+
+For a Linear layer with per-example weight gradient `G_i = sum_t b_it a_it^T` (`p x d`), the feature is
+`P_out^T G_i P_in = sum_t (P_out^T b_it)(P_in^T a_it)^T` (`k_out x k_in`), computed from the projected layer inputs
+and projected output gradients without ever forming `G_i` (Choe et al. 2024, arXiv:2405.13954, "What is Your Data
+Worth to GPT?"). A selected bias is folded in by appending a constant 1 to the inputs (`d + 1` rows of `P_in`).
+`P_in` and `P_out` are Gaussian with variance `1/k`, seeded from `seed` and the layer name, so features are
+reproducible and comparable across checkpoints and machines. Features of all projected layers are concatenated in
+model order.
+
+Covered: `nn.Linear` and HF `Conv1D` layers holding selected parameters (LoRA factors included). Other selected
+parameters (embeddings, norms, tied weights, modules without a rule) are skipped with a one-time log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from ..data import EXAMPLE_ID_COLUMN
+from .core import ParamSpec, collate_for_gradients, scoring_mode, select_parameters
+from .ghost import _HookEngine, _Layer, build_plan, run_frozen_backward
+
+logger = logging.get_logger(__name__)
+
+
+class GradientProjector:
+    """Seeded per-layer projections `P_in` (`(d [+1]) x k_in`) and `P_out` (`p x k_out`) for selected Linear layers.
+
+    Args:
+        model (`nn.Module`): the model (only its structure and shapes are used; any checkpoint of the same
+            architecture gets the same projections).
+        params (`None`, `str` or iterable, *optional*): parameter selection as in `per_example_grad_norms`.
+        k_in (`int`, defaults to 16), k_out (`int`, defaults to 16): projected sizes per layer (capped at the layer's
+            own sizes).
+        seed (`int`, defaults to 0): base seed; each layer's generator is seeded with `seed` and a CRC of its name.
+
+    Attributes:
+        feature_dim (`int`): total feature size; `layers`: list of dicts (name, d_in, d_out, k_in, k_out, offset).
+
+    Raises:
+        ValueError: if no selected parameter lives in a Linear/Conv1D layer.
+    """
+
+    def __init__(self, model: nn.Module, params: ParamSpec = None, *, k_in: int = 16, k_out: int = 16,
+                 seed: int = 0) -> None:
+        if k_in < 1 or k_out < 1:
+            raise ValueError(f"k_in and k_out must be positive, got {k_in} and {k_out}.")
+        self.params, self.k_in, self.k_out, self.seed = params, k_in, k_out, seed
+        layers, fallback, _ = build_plan(model, select_parameters(model, params))
+        projected = [lay for lay in layers if lay.kind in ("linear", "conv1d") and lay.tied is None]
+        skipped = [lay.name for lay in layers if lay not in projected] + list(fallback)
+        if skipped:
+            logger.warning(
+                f"Projected gradients cover Linear/Conv1D layers only; skipping {len(skipped)} selected "
+                f"parameter groups ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})."
+            )
+        if not projected:
+            raise ValueError(
+                "No selected parameter lives in an nn.Linear or Conv1D layer, so there is nothing to project. Select "
+                "Linear weights with params=<regex> (e.g. r'attention|mlp|lora_')."
+            )
+        self.model_layers: list[_Layer] = projected
+        self.layers: list[dict[str, Any]] = []
+        self.matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        offset = 0
+        for layer in projected:
+            weight = layer.module.weight
+            d, p = (weight.shape[1], weight.shape[0]) if layer.kind == "linear" else tuple(weight.shape)
+            d_in = (d if layer.weight else 0) + (1 if layer.bias else 0)
+            ki, ko = min(k_in, d_in), min(k_out, p)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(layer.name.encode()))
+            p_in = torch.randn(d_in, ki, generator=generator) / ki**0.5
+            p_out = torch.randn(p, ko, generator=generator) / ko**0.5
+            self.matrices[layer.name] = (p_in, p_out)
+            self.layers.append(dict(name=layer.name, d_in=d_in, d_out=p, k_in=ki, k_out=ko, offset=offset))
+            offset += ki * ko
+        self.feature_dim = offset
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"params": self.params if isinstance(self.params, (str, type(None))) else sorted(map(str, self.params)),
+                "k_in": self.k_in, "k_out": self.k_out, "seed": self.seed, "feature_dim": self.feature_dim,
+                "layers": self.layers}
+
+
+class _ProjectionEngine(_HookEngine):
+    def __init__(self, model: nn.Module, projector: GradientProjector) -> None:
+        super().__init__(model, {}, frozen=True)
+        self.layers = projector.model_layers
+        self.projector = projector
+        self._info = {info["name"]: info for info in projector.layers}
+        self.features: torch.Tensor | None = None
+
+    def consume(self, layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> None:
+        batch = grad.shape[0]
+        p_in, p_out = (m.to(grad.device) for m in self.projector.matrices[layer.name])
+        a = x.reshape(batch, -1, x.shape[-1]).float()
+        b = grad.reshape(batch, -1, grad.shape[-1]).float()
+        projected_in = torch.zeros(*a.shape[:2], p_in.shape[1], device=a.device)
+        if layer.weight:
+            projected_in = projected_in + a @ p_in[: a.shape[-1]]
+        if layer.bias:
+            projected_in = projected_in + p_in[-1]
+        feature = torch.bmm((b @ p_out).transpose(1, 2), projected_in)  # [B, k_out, k_in]
+        if self.features is None:
+            self.features = torch.zeros(batch, self.projector.feature_dim, device=grad.device)
+        info = self._info[layer.name]
+        self.features[:, info["offset"] : info["offset"] + info["k_in"] * info["k_out"]] = feature.reshape(batch, -1)
+
+
+def projected_gradients(
+    model: nn.Module, batch: Mapping[str, Any], projector: GradientProjector, *, task: str = "auto"
+) -> torch.Tensor:
+    """Projected per-example loss gradients `[B, projector.feature_dim]` (float32) from one batched backward.
+
+    Same loss, eval mode and frozen parameters as `per_example_grad_norms`; rows of examples without label tokens
+    (causal LM) are NaN.
+
+    Example:
+        ```python
+        >>> projector = GradientProjector(model, params=r"lora_", k_in=16, k_out=16, seed=0)
+        >>> features = projected_gradients(model, batch, projector)  # [B, projector.feature_dim]
+        ```
+    """
+    engine = _ProjectionEngine(model, projector)
+    with scoring_mode(model, freeze=True):
+        _, labels, losses, valid, _ = run_frozen_backward(model, batch, engine, task)
+    features = engine.features
+    if features is None:
+        features = torch.zeros(labels.shape[0], projector.feature_dim, device=losses.device)
+    return features.masked_fill(~valid.unsqueeze(1), float("nan"))
+
+
+def write_projected_gradients(
+    model: nn.Module,
+    dataset: Any,
+    path: str | os.PathLike,
+    *,
+    projector: GradientProjector | None = None,
+    params: ParamSpec = None,
+    k_in: int = 16,
+    k_out: int = 16,
+    seed: int = 0,
+    batch_size: int = 16,
+    dtype: str = "float16",
+    task: str = "auto",
+    tokenizer: Any = None,
+    pad_token_id: int | None = None,
+    label_column: str = "label",
+    example_id_column: str = EXAMPLE_ID_COLUMN,
+) -> Path:
+    """Write projected per-example gradients of a tokenized dataset to `path/features.npy` in chunks, with metadata.
+
+    Files: `features.npy` (a `.npy` memmap `[N, feature_dim]` in `dtype`, written batch by batch so memory stays one
+    batch), `example_ids.npy` (int64, the `example_id_column` or row positions when absent) and `meta.json`
+    (projector configuration, layer offsets, dtype, task, number of rows). Load with `load_projected_gradients`.
+
+    Args:
+        model (`nn.Module`): the model (in any mode; it is put in eval mode with frozen parameters during the call).
+        dataset (`datasets.Dataset`): rows with `input_ids` (+ optional `attention_mask`, `token_type_ids`) and the
+            gold label in `label_column` (classification) or a `labels` column (causal LM; without it the input ids
+            are the labels).
+        path (`str` or `PathLike`): output folder (created).
+        projector (`GradientProjector`, *optional*): reuse one projector for several checkpoints; otherwise built
+            from `params`, `k_in`, `k_out`, `seed`.
+        batch_size (`int`, defaults to 16): rows per backward.
+        dtype (`str`, defaults to `"float16"`): `"float16"` or `"float32"` storage.
+        task (`str`, defaults to `"auto"`): as in `per_example_grad_norms`.
+        tokenizer, pad_token_id: padding id source (else the model config's pad id, else 0).
+
+    Returns:
+        `Path`: the output folder.
+    """
+    from tqdm.auto import tqdm
+
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+    projector = projector or GradientProjector(model, params, k_in=k_in, k_out=k_out, seed=seed)
+    out_dir = Path(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_rows = len(dataset)
+    features = np.lib.format.open_memmap(out_dir / "features.npy", mode="w+", dtype=dtype,
+                                         shape=(num_rows, projector.feature_dim))
+    if pad_token_id is None and tokenizer is None:
+        pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    for start in tqdm(range(0, num_rows, batch_size), desc="Projected gradients", unit="batch"):
+        rows = dataset[start : start + batch_size]
+        batch = collate_for_gradients(rows, tokenizer=tokenizer, pad_token_id=pad_token_id or 0,
+                                      label_column=label_column)
+        values = projected_gradients(model, batch, projector, task=task)
+        features[start : start + values.shape[0]] = values.cpu().numpy().astype(dtype)
+    features.flush()
+    if example_id_column in dataset.column_names:
+        ids = np.asarray(dataset[example_id_column], dtype=np.int64)
+    else:
+        ids = np.arange(num_rows, dtype=np.int64)
+    np.save(out_dir / "example_ids.npy", ids)
+    meta = {"projector": projector.config_dict(), "dtype": dtype, "task": task, "num_rows": num_rows,
+            "example_id_column": example_id_column if example_id_column in dataset.column_names else None,
+            "model_class": type(model).__name__}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def load_projected_gradients(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """`(features memmap [N, D], example_ids [N], meta)` written by `write_projected_gradients`."""
+    folder = Path(path)
+    return (np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "example_ids.npy"),
+            json.loads((folder / "meta.json").read_text()))
