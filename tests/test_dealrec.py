@@ -93,3 +93,29 @@ def test_surrogate_grand_matches_vmap_per_sample_gradients():
     grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
     reference = torch.sqrt(sum((g.reshape(22, -1).double() ** 2).sum(1) for g in grads.values()))
     np.testing.assert_allclose(got, reference.numpy(), rtol=1e-5)
+
+
+def test_surrogate_el2n_on_sasrec_matches_formula_per_user():
+    from hf_influence.rec.dealrec import surrogate_el2n
+    from hf_influence.rec.sasrec import SASRecCollator, SASRecConfig, SASRecModel, build_sasrec_dataset
+
+    torch.manual_seed(0)
+    model = SASRecModel(SASRecConfig(num_items=25, hidden_size=8, intermediate_size=8, max_seq_length=6)).eval()
+    g = torch.Generator().manual_seed(1)
+    histories = [torch.randint(1, 26, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(22)]
+    rows = Dataset.from_dict({"example_id": list(range(22)), "history_item_ids": histories,
+                              "target_item_ids": [[int(torch.randint(1, 26, (1,), generator=g))] for _ in range(22)]})
+    features = build_sasrec_dataset(rows, model.config)
+    collator = SASRecCollator(num_items=25, max_len=6, seed=0, resample=False)
+    got = surrogate_el2n(model, features, collator, batch_size=4, progress=False)
+    reference = []
+    for row in features:  # one user at a time, numpy formula
+        batch = collator([row])
+        with torch.no_grad():
+            out = model(**{k: batch[k] for k in ("input_ids", "labels", "neg_ids")}, return_dict=True)
+        mask = batch["labels"][0].numpy() > 0
+        p = 1 / (1 + np.exp(-out.pos_logits[0].numpy()[mask]))
+        n = 1 / (1 + np.exp(-out.neg_logits[0].numpy()[mask]))
+        reference.append(np.mean(np.sqrt((1 - p) ** 2 + n**2)))
+    np.testing.assert_allclose(got, reference, rtol=1e-5)

@@ -172,3 +172,55 @@ def test_registry_and_bad_inputs(problem):
     with pytest.raises(ValueError, match=r"shape \[B\]"):
         InfluenceScorer(model, lambda m, b: per_sample_loss(m, b).mean(), collate, scope=SCOPE, solver="exact",
                         progress=False)(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The DEALRec setting: a tiny SASRec surrogate, its last attention output projection as the scope
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sasrec():
+    from hf_influence.rec.data import build_user_splits
+    from hf_influence.rec.sasrec import SASRecCollator, build_sasrec_dataset, train_sasrec
+
+    rng = torch.Generator().manual_seed(0)
+    users = list(range(1, 42))  # 41 users, 30 items
+    train = {u: torch.randint(1, 31, (int(torch.randint(3, 9, (1,), generator=rng)),), generator=rng).tolist()
+             for u in users}
+    empty = {u: [] for u in users}
+    rows = build_user_splits(users, train, empty, empty, {i: f"item {i}" for i in range(1, 31)})["train"]
+    result = train_sasrec(rows, config=dict(hidden_size=16, intermediate_size=16, max_seq_length=10,
+                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                          epochs=15, batch_size=8, lr=1e-2, output_dir=None)
+    model = result.model.double().eval()
+    features = build_sasrec_dataset(rows, model.config)
+    collator = SASRecCollator(num_items=model.config.num_items, max_len=10, seed=3, resample=False)
+    return model, features, collator
+
+
+def test_sasrec_scope_lissa_and_cg_vs_exact(tiny_sasrec):
+    """256 parameters in scope (16 x 16). Exact is the reference; CG to 1e-5, LiSSA (depth 3000, batch 1) to 15%."""
+    from hf_influence.rec.sasrec import INFLUENCE_SCOPE, sasrec_per_sample_loss
+
+    model, features, collator = tiny_sasrec
+    kwargs = dict(per_sample_loss=sasrec_per_sample_loss, collate_fn=collator, progress=False, hvp_batch_size=8)
+    exact = InfluenceScorer(model, solver="exact", **kwargs)
+    assert exact.scope_names == [INFLUENCE_SCOPE] and exact.num_scope_parameters == 256
+    reference = torch.tensor(exact(features)["influence"], dtype=torch.float64)
+    low = exact.solver_info.extra["hessian_min_eigenvalue"]
+    high = exact.solver_info.extra["hessian_max_eigenvalue"]
+    assert low > -0.25 and high < 25 * 1.99  # H + 0.25 I is positive definite and LiSSA's scale contracts
+
+    cg = InfluenceScorer(model, solver="cg", cg_tol=1e-9, **kwargs)
+    got_cg = torch.tensor(cg(features)["influence"], dtype=torch.float64)
+    assert cg.solver_info.solver == "cg" and cg.solver_info.converged and cg.solver_info.iterations > 1
+    assert _rel(got_cg, reference) < 1e-5
+
+    lissa = InfluenceScorer(model, solver="lissa", depth=3000, seed=0, **kwargs)
+    got_lissa = torch.tensor(lissa(features)["influence"], dtype=torch.float64)
+    rel = _rel(got_lissa, reference)
+    rho = spearmanr(got_lissa.numpy(), reference.numpy()).statistic
+    print(f"tiny SASRec (256 params, Hessian eigenvalues in [{low:.3g}, {high:.3g}]): CG rel. error "
+          f"{_rel(got_cg, reference):.1e}; LiSSA rel. error {rel:.3f}, Spearman {rho:.4f}")
+    assert rel < 0.15 and rho >= 0.95

@@ -224,33 +224,56 @@ def surrogate_grand(
     return np.asarray(out, dtype=np.float64)
 
 
+def sasrec_position_errors(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """Per-position sigmoid error norms ``[B, T]`` of a SASRec batch, NaN at positions without a target.
+
+    With ``p`` and ``n`` the positive and negative logits of a position, the prediction vector is
+    ``(sigma(p), sigma(n))`` and the target ``(1, 0)``, so the error norm is ``sqrt((1 - sigma(p))^2 + sigma(n)^2)``.
+    """
+    device = next(model.parameters()).device
+    labels = batch["labels"].to(device)
+    out = model(input_ids=batch["input_ids"].to(device), labels=labels, neg_ids=batch["neg_ids"].to(device),
+                return_item_scores=False, return_dict=True)
+    errors = torch.sqrt((1 - torch.sigmoid(out.pos_logits)) ** 2 + torch.sigmoid(out.neg_logits) ** 2)
+    return errors.masked_fill(labels == 0, float("nan"))
+
+
 def surrogate_el2n(
+    model: torch.nn.Module,
     dataset: Any,
-    sigmoid_errors: Callable[[Any], torch.Tensor],
     collate_fn: Callable[[list[dict[str, Any]]], Any],
     *,
+    position_errors: Callable[[torch.nn.Module, Any], torch.Tensor] = sasrec_position_errors,
     batch_size: int = 256,
-    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """EL2N analogue for a BCE surrogate: mean over a user's positions of ``||(1 - sigma(s_pos), sigma(s_neg))||_2``.
 
+    Paul et al.'s EL2N (NeurIPS 2021, Eq. 3) is ``||softmax(f(x)) - onehot(y)||_2`` for a classifier; SASRec instead
+    makes one binary prediction for the next item and one for a sampled negative at every position, so the error
+    vector per position is ``(sigma(p) - 1, sigma(n) - 0)``. Averaging over positions keeps the score independent of
+    the history length. Eval mode, no gradients. Higher = harder.
+
     Args:
-        dataset (`datasets.Dataset`): user rows.
-        sigmoid_errors (`Callable[[batch], torch.Tensor]`): returns, for a collated batch, the per-position error
-            norms ``[B, T]`` with NaN at padded positions (e.g. computed from SASRec's positive/negative logits).
-        collate_fn (`Callable`): the surrogate collator.
-        batch_size (`int`, defaults to 256), device, progress: as usual.
+        model (`torch.nn.Module`): the trained surrogate.
+        dataset (`datasets.Dataset`): SASRec training features (``input_ids``, ``labels``, ...).
+        collate_fn (`Callable`): the surrogate collator (use fixed negatives, ``SASRecCollator(resample=False)``).
+        position_errors (`Callable[[model, batch], torch.Tensor]`): per-position error norms ``[B, T]`` with NaN at
+            padding (default: `sasrec_position_errors`).
+        batch_size (`int`, defaults to 256), progress (`bool`): as usual.
 
     Returns:
-        `np.ndarray`: float64, one value per row (NaN-mean over positions). Higher = harder.
+        `np.ndarray`: float64, one value per row.
     """
     out = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(dataset), batch_size), desc="EL2N (surrogate)", disable=not progress):
-            batch = collate_fn(_rows(dataset, start, min(start + batch_size, len(dataset))))
-            if device is not None:
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            errors = sigmoid_errors(batch).double()
-            out.append(torch.nanmean(errors, dim=1).cpu())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(dataset), batch_size), desc="EL2N (surrogate)", disable=not progress):
+                batch = collate_fn(_rows(dataset, start, min(start + batch_size, len(dataset))))
+                errors = position_errors(model, batch).double()
+                out.append(torch.nanmean(errors, dim=1).cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(out).numpy()
