@@ -136,3 +136,14 @@ def test_entropy_needs_no_labels():
     without = EntropyScorer(model, batch_size=3)(ds.remove_columns("label"))["entropy"]
     np.testing.assert_allclose(with_labels, without)
     assert not np.isnan(without).any()
+
+
+def test_num_proc_and_remove_columns_match_single_process():
+    ds = random_classification_dataset(n=22, seed=4)
+    model = _bert(3)
+    single = EL2NScorer(model, batch_size=4)(ds)["el2n"]
+    multi = EL2NScorer(model, batch_size=4, device="cpu")(ds, num_proc=2)
+    np.testing.assert_allclose(multi["el2n"], single, rtol=1e-6)
+    slim = EL2NScorer(model, batch_size=4)(ds, remove_columns=["input_ids"])
+    assert slim.column_names == ["label", "el2n"]
+    np.testing.assert_allclose(slim["el2n"], single, rtol=1e-6)

@@ -455,7 +455,10 @@ class Scorer:
             `cuda:<rank>` inside each process) and use the "spawn" start method
             (`multiprocess.set_start_method("spawn")`) so CUDA is not initialised before forking.
         """
-        reserved = {"function", "batched", "batch_size", "features", "new_fingerprint", "with_rank", "with_indices"}
+        reserved = {
+            "function", "batched", "batch_size", "features", "new_fingerprint", "with_rank", "with_indices",
+            "input_columns", "fn_kwargs",
+        }
         clash = reserved & set(map_kwargs)
         if clash:
             raise ValueError(
