@@ -121,3 +121,32 @@ def minilm_path():
     from hf_influence.paths import packaged_minilm_path
 
     return packaged_minilm_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(request):
+    """The real SmolLM2-135M-Instruct tokenizer from the packaged GGUF (loading it from GGUF takes ~5-12 s).
+
+    The first load converts it from the GGUF file; a copy saved in pytest's cache folder (keyed by the GGUF file's size
+    and mtime) makes later sessions load in well under a second.
+    """
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from hf_influence.paths import packaged_smollm2_gguf
+
+    path = packaged_smollm2_gguf()
+    stat = path.stat()
+    cache = request.config.cache.mkdir(f"smollm2_tokenizer_{stat.st_size}_{int(stat.st_mtime)}")
+    if (cache / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cache)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    staging = tempfile.mkdtemp(dir=cache.parent)
+    tokenizer.save_pretrained(staging)
+    # publish file by file, tokenizer_config.json (the marker checked above) last; concurrent sessions write the same
+    for name in sorted(os.listdir(staging), key=lambda n: n == "tokenizer_config.json"):
+        os.replace(os.path.join(staging, name), cache / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
