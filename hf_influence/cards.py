@@ -72,8 +72,9 @@ def score_entries(scorers: Iterable[Any]) -> list[dict[str, Any]]:
     """Normalise scorers to their card entries.
 
     Args:
-        scorers (iterable of `Scorer` or `dict`): `Scorer` objects (their ``card_entry()`` is used) or dicts with the
-            keys ``name, column, definition, paper, polarity, config``.
+        scorers (iterable of `Scorer` or `dict`): `Scorer` objects (their ``card_entry()`` is used, or
+            ``card_entries()`` for scorers that add several columns) or dicts with the keys
+            ``name, column, definition, paper, polarity, config``.
 
     Returns:
         `list[dict]`: one JSON-serialisable entry per score column, in the given order.
@@ -81,9 +82,14 @@ def score_entries(scorers: Iterable[Any]) -> list[dict[str, Any]]:
     Raises:
         ValueError: an entry misses keys, or two entries name the same column.
     """
-    entries = []
+    raw = []
     for scorer in scorers:
-        entry = scorer.card_entry() if hasattr(scorer, "card_entry") else scorer
+        if hasattr(scorer, "card_entries"):  # scorers that add several columns (DynamicsScorer)
+            raw.extend((scorer, entry) for entry in scorer.card_entries())
+        else:
+            raw.append((scorer, scorer.card_entry() if hasattr(scorer, "card_entry") else scorer))
+    entries = []
+    for scorer, entry in raw:
         if not isinstance(entry, Mapping):
             raise TypeError(
                 f"Each scorer must be a Scorer or its card_entry() dict, got {type(scorer).__name__}: {scorer!r}."
