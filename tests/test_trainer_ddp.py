@@ -1,0 +1,88 @@
+"""2-process CPU data parallel run (gloo): the same set of (example_id, epoch) records as a 1-process run, each once,
+although DDP's even_batches repeats samples to fill the last batch (22 examples, 2 x batch 4)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+
+SCRIPT = textwrap.dedent(
+    '''
+    import sys
+
+    import torch
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_influence import ScoringConfig, ScoringTrainer, add_example_ids
+
+
+    def collate(features):
+        length = max(len(f["input_ids"]) for f in features)
+        ids = torch.zeros(len(features), length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, f in enumerate(features):
+            ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            mask[i, : len(f["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["label"] for f in features])}
+
+
+    g = torch.Generator().manual_seed(0)
+    rows = {"input_ids": [], "label": []}
+    for _ in range(22):
+        rows["input_ids"].append(torch.randint(3, 97, (int(torch.randint(3, 12, (1,), generator=g)),),
+                                               generator=g).tolist())
+        rows["label"].append(int(torch.randint(0, 3, (1,), generator=g)))
+    dataset = add_example_ids(Dataset.from_dict(rows))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=97, hidden_size=24, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=3,
+                                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    args = ScoringConfig(output_dir=sys.argv[1], per_device_train_batch_size=4, num_train_epochs=2,
+                         learning_rate=0.0, report_to=[], logging_strategy="no", save_strategy="steps", save_steps=2,
+                         use_cpu=True, disable_tqdm=True, dense_eval_steps=2)
+    trainer = ScoringTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        trainer.signal_store.records().to_csv(sys.argv[1] + "/records.csv", index=False)
+        trainer.signal_store.dense_records().to_csv(sys.argv[1] + "/dense.csv", index=False)
+    '''
+)
+
+
+def _run(command, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_two_processes_record_each_example_once_per_epoch(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    _run([sys.executable, str(script), str(tmp_path / "single")], tmp_path)
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+          str(script), str(tmp_path / "ddp")], tmp_path)
+    from hf_influence.store import SignalStore
+
+    assert SignalStore.load(tmp_path / "ddp" / "signals").metadata["config"]["world_size"] == 2
+    single = pd.read_csv(tmp_path / "single" / "records.csv")
+    ddp = pd.read_csv(tmp_path / "ddp" / "records.csv")
+    key = ["example_id", "epoch"]
+    assert not ddp.duplicated(key).any(), "a sample repeated by even_batches was recorded twice"
+    assert sorted(map(tuple, ddp[key].to_numpy())) == sorted(map(tuple, single[key].to_numpy()))
+    assert sorted(map(tuple, single[key].to_numpy())) == [(i, e) for i in range(22) for e in range(2)]
+    # learning_rate=0: each example's signals are the same whichever process saw it
+    merged = single.merge(ddp, on=key, suffixes=("_1", "_2"))
+    assert (merged["loss_1"] - merged["loss_2"]).abs().max() < 1e-5
+    # dense evaluations: every example once per evaluation (2 processes x batch 4 = 3 steps per epoch)
+    dense = pd.read_csv(tmp_path / "ddp" / "dense.csv")
+    assert not dense.duplicated(["example_id", "step"]).any()
+    assert (dense.groupby("step").example_id.nunique() == 22).all()
