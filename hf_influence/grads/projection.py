@@ -200,7 +200,7 @@ def write_projected_gradients(
         features[start : start + values.shape[0]] = values.cpu().numpy().astype(dtype)
     features.flush()
     if example_id_column in dataset.column_names:
-        ids = np.asarray(dataset[example_id_column], dtype=np.int64)
+        ids = np.asarray(list(dataset[example_id_column]), dtype=np.int64)
     else:
         ids = np.arange(num_rows, dtype=np.int64)
     np.save(out_dir / "example_ids.npy", ids)
