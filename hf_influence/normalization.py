@@ -141,7 +141,7 @@ def add_normalized_column(
         ```python
         >>> from datasets import Dataset
         >>> ds = Dataset.from_dict({"vog": [1.0, 3.0, 10.0, 20.0], "label": [0, 0, 1, 1]})
-        >>> add_normalized_column(ds, "vog", by="class")["vog_class_z"]
+        >>> list(add_normalized_column(ds, "vog", by="class")["vog_class_z"])
         [-1.0, 1.0, -1.0, 1.0]
         ```
     """

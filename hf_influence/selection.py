@@ -410,8 +410,8 @@ def select_by_score(
         ```python
         >>> from datasets import Dataset
         >>> ds = Dataset.from_dict({"el2n": [0.1, 0.9, 0.5, 0.7], "label": [0, 1, 0, 1]})
-        >>> select_by_score(ds, "el2n", 2, "hardest")["el2n"]
-        [0.8999999761581421, 0.699999988079071]
+        >>> list(select_by_score(ds, "el2n", 2, "hardest")["el2n"])  # original order kept
+        [0.9, 0.7]
         ```
     """
     if strategy not in _STRATEGIES:

@@ -324,7 +324,7 @@ class Scorer:
         ...     name, polarity, definition, paper = "length", "higher_is_harder", "len(input_ids)", "-"
         ...     def score_batch(self, batch):
         ...         return [len(x) for x in batch["input_ids"]]
-        >>> LengthScorer()(Dataset.from_dict({"input_ids": [[1, 2], [3]]}))["length"]
+        >>> list(LengthScorer()(Dataset.from_dict({"input_ids": [[1, 2], [3]]}))["length"])
         [2.0, 1.0]
         ```
     """
