@@ -155,3 +155,42 @@ def test_card_push_needs_token_or_online(tmp_path, jsonl, capsys, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: an upload would not say this
     assert main(["card", "--dataset", str(jsonl), "--push_to_hub", "me/x"]) == 2
     assert "needs a write token" in capsys.readouterr().err
+
+
+def test_score_dynamics_from_a_signal_store(tmp_path, jsonl, capsys):
+    import pandas as pd
+
+    from hf_influence.store import SignalStore
+
+    rng = np.random.default_rng(2)
+    n, epochs = 22, 3
+    prob = rng.random((epochs, n))
+    records = pd.DataFrame(
+        {
+            "example_id": np.tile(np.arange(n), epochs),
+            "epoch": np.repeat(np.arange(epochs), n),
+            "step": np.repeat(np.arange(epochs), n) * 6,
+            "loss": -np.log(prob).ravel(),
+            "prob_gold": prob.ravel(),
+            "margin": (prob - 0.5).ravel(),
+            "correct": (prob > 0.5).ravel().astype(float),
+            "el2n": (1 - prob).ravel(),
+            "entropy": rng.random(epochs * n),
+        }
+    )
+    store = SignalStore(tmp_path / "signals", metadata={"model": "tiny"})
+    store.initialize()
+    store.append(records)
+
+    out = tmp_path / "dyn"
+    args = ["score", "--dataset", str(jsonl), "--scorer", "dynamics", "--signals_dir", str(tmp_path / "signals")]
+    args += ["--scorer_kwargs", '{"columns": ["confidence", "variability", "correctness"]}', "--output_dir", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    scored = datasets.load_from_disk(str(out))["train"]
+    ids = np.asarray(scored["example_id"])
+    np.testing.assert_allclose(scored["confidence"], prob.mean(axis=0)[ids], rtol=1e-6)
+    np.testing.assert_allclose(scored["variability"], prob.std(axis=0)[ids], rtol=1e-5, atol=1e-7)
+    card = (out / "README.md").read_text()
+    for column in ("confidence", "variability", "correctness"):
+        assert f"| `{column}` | {column} |" in card
+    assert "(plots/data_map.png)" in card and (out / "plots" / "data_map.png").stat().st_size > 10_000

@@ -141,3 +141,32 @@ def test_accuracy_vs_fraction_mean_std_and_baselines(tmp_path):
 
     with pytest.raises(ValueError, match="accuracy"):
         plot_accuracy_vs_fraction(runs.drop(columns="accuracy"), tmp_path / "c.png")
+
+
+def test_data_map_from_a_signal_store_uses_its_summary(tmp_path):
+    from hf_influence.store import SignalStore
+
+    rng = np.random.default_rng(4)
+    n, epochs = 22, 4
+    prob = rng.random((epochs, n))
+    records = pd.DataFrame(
+        {
+            "example_id": np.tile(np.arange(n), epochs),
+            "epoch": np.repeat(np.arange(epochs), n),
+            "step": np.repeat(np.arange(epochs), n),
+            "loss": -np.log(prob).ravel(),
+            "prob_gold": prob.ravel(),
+            "margin": (prob - 0.5).ravel(),
+            "correct": (prob > 0.5).ravel().astype(float),
+            "el2n": (1 - prob).ravel(),
+            "entropy": np.zeros(epochs * n),
+        }
+    )
+    store = SignalStore.from_records(records)
+    fig = data_map_figure(store)
+    points = fig.axes[0].collections[0]
+    # hand computation: cartography confidence = mean, variability = population std, correctness = mean of correct
+    expected = np.column_stack([prob.std(axis=0), prob.mean(axis=0)])
+    np.testing.assert_allclose(points.get_offsets(), expected, rtol=1e-5)  # the store keeps float32 signals
+    np.testing.assert_allclose(points.get_array(), (prob > 0.5).mean(axis=0), rtol=1e-6)
+    _assert_real_png(plot_data_map(store, tmp_path / "m.png", dpi=100), width=700, height=600)
