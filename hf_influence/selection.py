@@ -16,7 +16,9 @@ Strategies (see `list_strategies()`), with their sources (METHODS.md A.3, B.4, C
 - `"ccs"`: Coverage-centric coreset selection (Zheng et al., ICLR 2023): drop the `floor(beta * N)` highest scores,
   split the rest into `k` (default 50) equal-width strata over `[min, 1.0001 * max)` (left-closed; for `max <= 0`
   the upper end is `max + 0.0001 * |max|`, or the next float when `max == 0`), then visit strata from the smallest
-  up, taking `min(|S_j|, floor(remaining budget / remaining strata))` uniformly at random from each.
+  up, taking `min(|S_j|, floor(remaining budget / remaining strata))` uniformly at random from each. The official
+  code always makes the hard cut by the lowest AUM whatever the stratification score: pass `cut_column="-aum"` to
+  cut by another column than the one stratified (also accepted by `"coverage"`).
 - `"coverage"`: DEALRec's variant (Lin et al., SIGIR 2024, Alg. 2 and code `prune.py`): optionally drop the
   `floor(hard_prune * N)` highest scores (paper: none, the default `hard_prune=0.0`; official code: `0.1`), split the
   rest into `k` (default 50) equal-width groups over `[min, max]` where a score goes to the first group whose upper
@@ -195,10 +197,17 @@ def _check_k(k: Any) -> int:
 
 
 def _ccs(
-    scores: np.ndarray, m: int, rng: np.random.Generator, *, beta: float = 0.0, k: int = 50, **_: Any
+    scores: np.ndarray,
+    m: int,
+    rng: np.random.Generator,
+    *,
+    beta: float = 0.0,
+    k: int = 50,
+    cut_scores: np.ndarray | None = None,
+    **_: Any,
 ) -> _Result:
     k = _check_k(k)
-    keep_pos, cut = _drop_highest(scores, beta, "beta")
+    keep_pos, cut = _drop_highest(scores if cut_scores is None else cut_scores, beta, "beta")
     values = _clip_infinite(scores[keep_pos])
     low, high = float(values.min()), float(values.max())
     upper = high * 1.0001 if high > 0 else high + 0.0001 * abs(high)
@@ -211,10 +220,17 @@ def _ccs(
 
 
 def _coverage(
-    scores: np.ndarray, m: int, rng: np.random.Generator, *, k: int = 50, hard_prune: float = 0.0, **_: Any
+    scores: np.ndarray,
+    m: int,
+    rng: np.random.Generator,
+    *,
+    k: int = 50,
+    hard_prune: float = 0.0,
+    cut_scores: np.ndarray | None = None,
+    **_: Any,
 ) -> _Result:
     k = _check_k(k)
-    keep_pos, cut = _drop_highest(scores, hard_prune, "hard_prune")
+    keep_pos, cut = _drop_highest(scores if cut_scores is None else cut_scores, hard_prune, "hard_prune")
     values = _clip_infinite(scores[keep_pos])
     edges = np.linspace(values.min(), values.max(), k + 1)
     bins = np.clip(np.searchsorted(edges[1:], values, side="left"), 0, k - 1)  # first upper edge >= score
@@ -304,15 +320,15 @@ _STRATEGIES: dict[str, tuple[Callable[..., _Result], tuple[str, ...], bool]] = {
     "easiest": (_easiest, (), True),
     "random": (_random, (), False),
     "window": (_window, ("offset",), True),
-    "ccs": (_ccs, ("beta", "k"), True),
-    "coverage": (_coverage, ("k", "hard_prune"), True),
+    "ccs": (_ccs, ("beta", "k", "cut_column"), True),
+    "coverage": (_coverage, ("k", "hard_prune", "cut_column"), True),
     "weighted": (_weighted, ("mapping", "eps", "temperature", "prefer"), True),
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "window": {"offset": 0},
-    "ccs": {"beta": 0.0, "k": 50},
-    "coverage": {"k": 50, "hard_prune": 0.0},
+    "ccs": {"beta": 0.0, "k": 50, "cut_column": None},
+    "coverage": {"k": 50, "hard_prune": 0.0, "cut_column": None},
     "weighted": {"mapping": "linear", "eps": 1e-3, "temperature": 1.0, "prefer": "hard"},
 }
 
@@ -365,6 +381,22 @@ def _resolve_offset(offset: Any, n: int) -> int:
     return int(math.floor(offset * n + 1e-9))
 
 
+def _read_scores(dataset: Any, column: str) -> np.ndarray:
+    """The float64 values of `column` (negated for a `-name` that is not itself a column)."""
+    name, sign = column, 1.0
+    if column not in dataset.column_names and column.startswith("-"):
+        name, sign = column[1:], -1.0
+    if name not in dataset.column_names:
+        raise ValueError(f"Column {column!r} is not in the dataset; columns are {dataset.column_names}.")
+    try:
+        scores = sign * np.asarray(dataset[name], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Column {name!r} must hold one number per row ({err}).") from err
+    if scores.ndim != 1:
+        raise ValueError(f"Column {name!r} must hold one number per row, got shape {scores.shape}.")
+    return scores
+
+
 def _label_key(label: Any) -> str:
     return str(label.item() if hasattr(label, "item") else label)
 
@@ -396,8 +428,8 @@ def select_by_score(
         return_report (`bool`, defaults to False): also return a `SelectionReport`.
         nan_policy (`str`, defaults to `"drop"`): `"drop"` excludes rows without a score (with a warning saying
             how many); `"raise"` refuses them.
-        **strategy_kwargs: `offset` (window), `beta`, `k` (ccs), `k`, `hard_prune` (coverage), `mapping`, `eps`,
-            `temperature`, `prefer` (weighted).
+        **strategy_kwargs: `offset` (window), `beta`, `k`, `cut_column` (ccs), `k`, `hard_prune`, `cut_column`
+            (coverage), `mapping`, `eps`, `temperature`, `prefer` (weighted).
 
     Returns:
         `datasets.Dataset` (kept rows in their original order, every column kept), or `(Dataset, SelectionReport)`.
@@ -435,18 +467,13 @@ def select_by_score(
             raise ValueError(f"Strategy {strategy!r} needs a score column; pass column=<name>.")
         scores = np.zeros(num_rows)
     else:
-        name, sign = column, 1.0
-        if column not in dataset.column_names and column.startswith("-"):
-            name, sign = column[1:], -1.0
-        if name not in dataset.column_names:
-            raise ValueError(f"Column {column!r} is not in the dataset; columns are {dataset.column_names}.")
-        try:
-            scores = sign * np.asarray(dataset[name], dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"Column {name!r} must hold one number per row ({err}).") from err
-        if scores.ndim != 1:
-            raise ValueError(f"Column {name!r} must hold one number per row, got shape {scores.shape}.")
+        scores = _read_scores(dataset, column)
+    cut_scores = None
+    if params.get("cut_column") is not None:
+        cut_scores = _read_scores(dataset, params["cut_column"])
     nan = np.isnan(scores) if needs_column else np.zeros(num_rows, dtype=bool)  # "random" ignores the scores
+    if cut_scores is not None:
+        nan |= np.isnan(cut_scores)
     num_nan = int(nan.sum())
     if num_nan == num_rows:
         raise ValueError(f"Column {column!r} is all NaN: nothing to select from. Check that the scorer ran.")
@@ -455,7 +482,8 @@ def select_by_score(
             raise ValueError(
                 f"Column {column!r} has {num_nan} NaN scores out of {num_rows}. Use nan_policy='drop' to exclude them."
             )
-        logger.warning(f"select_by_score: {num_nan} of {num_rows} rows have a NaN {column!r} and are excluded.")
+        what = repr(column) if cut_scores is None else f"{column!r} or {params['cut_column']!r}"
+        logger.warning(f"select_by_score: {num_nan} of {num_rows} rows have a NaN {what} and are excluded.")
     candidates = np.flatnonzero(~nan)
 
     # labels
@@ -495,6 +523,9 @@ def select_by_score(
         if quota == 0:
             continue
         kwargs = dict(params)
+        kwargs.pop("cut_column", None)
+        if cut_scores is not None:
+            kwargs["cut_scores"] = cut_scores[group]
         if strategy == "window":
             kwargs["offset"] = _resolve_offset(params["offset"], len(group))
             if class_balanced and isinstance(params["offset"], (int, np.integer)):

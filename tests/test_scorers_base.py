@@ -88,6 +88,10 @@ def test_custom_column_and_wrong_length_error():
         LengthScorer()(ds, batched=False)
     with pytest.raises(ValueError, match="batch_size"):
         LengthScorer(batch_size=0)
+    from datasets import DatasetDict
+
+    with pytest.raises(TypeError, match="score each split"):
+        LengthScorer()(DatasetDict({"train": ds}))
 
 
 def test_second_call_on_saved_dataset_is_served_from_cache(tmp_path):

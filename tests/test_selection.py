@@ -106,6 +106,21 @@ def test_ccs_hand_case():
     assert 9.0 in out["score"] and 10.0 not in out["score"] and len(out) == 4
 
 
+def test_ccs_hard_cut_by_another_column():
+    # the official CCS code cuts the lowest-AUM examples, then stratifies by the chosen score (here "score")
+    scores = [1, 1, 1, 10, 1, 1, 1, 2, 5, 9]
+    aum = [0.5, -3.0, 0.2, 0.9, 0.1, 0.3, 0.4, 0.6, 0.7, 0.8]  # row 1 has the lowest AUM
+    ds = _ds(scores).add_column("aum", aum)
+    out, report = select_by_score(
+        ds, "score", 9, "ccs", beta=0.1, k=2, cut_column="-aum", return_report=True
+    )
+    assert report.num_hard_pruned == 1 and 1 not in out["example_id"] and 3 in out["example_id"]
+    # remaining scores [1 x5, 10, 2, 5, 9]: edges [1, 5.5005, 10.001] -> S0 = 7 rows, S1 = {10, 9}
+    assert [(s["before"], s["after"]) for s in report.strata] == [(7, 7), (2, 2)]
+    with pytest.raises(ValueError, match="not in the dataset"):
+        select_by_score(ds, "score", 2, "coverage", cut_column="vog", hard_prune=0.1)
+
+
 def test_coverage_hand_case_paper_and_code_hard_prune():
     # k=3 over [1, 10]: edges 1, 4, 7, 10, right-closed: G0 = {1 x5, 2, 4} (7), G1 = {5, 7} (2), G2 = {9, 10} (2)
     # keep 5: G1 takes min(2, 5//3) = 1, G2 min(2, 4//2) = 2, G0 min(7, 2//1) = 2
@@ -287,7 +302,7 @@ def test_errors_leave_dataset_untouched():
         select_by_score(ds.map(lambda r: {"score": float("nan")}), "score", 1, "hardest")
     with pytest.raises(ValueError, match="needs a label column"):
         select_by_score(ds, "score", 1, "hardest", class_balanced=True, label_column="gold")
-    with pytest.raises(ValueError, match="accepts \\['beta', 'k'\\]"):
+    with pytest.raises(ValueError, match="accepts \\['beta', 'k', 'cut_column'\\]"):
         select_by_score(ds, "score", 1, "ccs", offset=3)
     with pytest.raises(ValueError, match="needs a score column"):
         select_by_score(ds, None, 1, "hardest")
@@ -303,7 +318,7 @@ def test_report_to_dict_and_strategies():
     _, report = select_by_score(_ds([1, 2, 3, 4], [0, 0, 1, 1]), "score", 2, "ccs", k=2, return_report=True)
     assert isinstance(report, SelectionReport)
     d = report.to_dict()
-    assert "indices" not in d and d["params"] == {"beta": 0.0, "k": 2} and d["num_kept"] == 2
+    assert "indices" not in d and d["params"] == {"beta": 0.0, "k": 2, "cut_column": None} and d["num_kept"] == 2
     assert report.indices == sorted(report.indices)
     import json
 

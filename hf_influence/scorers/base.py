@@ -465,6 +465,11 @@ class Scorer:
                 f"{sorted(clash)} are set by the scorer and cannot be passed to map; use the scorer's own config "
                 f"(e.g. batch_size=...) instead."
             )
+        if not hasattr(dataset, "_fingerprint") or not hasattr(dataset, "map"):
+            raise TypeError(
+                f"A scorer takes one datasets.Dataset, got {type(dataset).__name__}. For a DatasetDict, score each "
+                "split: DatasetDict({name: scorer(split) for name, split in dataset_dict.items()})."
+            )
         self.validate(dataset)
         return dataset.map(
             self._map_fn,
