@@ -122,6 +122,11 @@ def test_checkpoint_paths_cache_and_errors(tmp_path):
     again = get_scorer("el2n", model=tmp_path / "run", batch_size=4)
     again.score_batch = lambda batch: calls.append(1)  # would break if called
     assert again(ds)["el2n"] == first and not calls
+    _bert(2).save_pretrained(tmp_path / "run" / "checkpoint-12")  # the checkpoint changes on disk
+    changed = get_scorer("el2n", model=tmp_path / "run", batch_size=4)
+    recomputed = changed(ds)["el2n"]
+    np.testing.assert_allclose(recomputed, EL2NScorer([model, _bert(2)])(ds)["el2n"], rtol=1e-5)
+    assert not np.allclose(recomputed, first)
     assert {"el2n", "loss", "entropy", "perplexity"} <= set(list_scorers())
     with pytest.raises(ValueError, match="label_column"):
         LossScorer(model)(ds.remove_columns("label"))
