@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -62,6 +63,10 @@ def _as_dataset_dict(dataset: Any, split: str | None) -> Any:
         return dataset
     if isinstance(dataset, datasets.Dataset):
         name = split or (str(dataset.split) if dataset.split is not None else "train")
+        if not re.fullmatch(r"\w+(\.\w+)*", name):
+            if split is not None:
+                raise ValueError(f"Split name {split!r} must be letters, digits and underscores (e.g. 'train').")
+            name = "train"  # e.g. a sliced split such as "train[:10%]"
         return datasets.DatasetDict({name: dataset})
     raise TypeError(f"Expected a datasets.Dataset or DatasetDict, got {type(dataset).__name__}.")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def test_score_select_card_end_to_end(tmp_path, jsonl, checkpoint, tiny_bert_cla
 
 def test_list_through_the_console_script():
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    script = os.path.join(os.path.dirname(sys.executable), "hf-influence")
+    script = shutil.which("hf-influence") or os.path.join(os.path.dirname(sys.executable), "hf-influence")
     result = subprocess.run([script, "list"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "el2n" in result.stdout and "higher_is_harder" in result.stdout

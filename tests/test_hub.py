@@ -406,6 +406,10 @@ def test_save_bad_input_writes_nothing(tmp_path):
         save_scored_dataset(ds, tmp_path / "b", summary=_summary().drop(columns="variability"))
     assert not (tmp_path / "b").exists()
 
+    with pytest.raises(ValueError, match="Split name 'my split'"):
+        save_scored_dataset(ds, tmp_path / "d", split="my split")
+    assert not (tmp_path / "d").exists()
+
     target = tmp_path / "c"
     target.mkdir()
     (target / "keep.txt").write_text("precious")
