@@ -1,0 +1,133 @@
+"""Wall-time overhead of ScoringTrainer over a plain transformers.Trainer.
+
+Fine-tunes the packaged all-MiniLM-L6-v2 as a 3-way classifier on SNLI pairs padded to a fixed length, alternating
+plain and scoring runs (A, B, A, B, ...) so that drifts of a shared machine hit both alike, and prints the median of
+the per-pair time ratios. Each run times the steps after `--warmup` warm-up steps up to the end of `train()`
+(so the scoring run's final flush to disk is included).
+
+Commands:
+
+    # CPU (small, a few minutes)
+    python benchmarks/trainer_overhead.py --device cpu --steps 8 --reps 5
+    # CUDA (the issue's setting: batch 32, seq 128)
+    python benchmarks/trainer_overhead.py --device cuda --steps 50 --reps 5 --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def build_dataset(num_rows: int, seq_len: int, tokenizer):
+    from datasets import Dataset
+
+    from hf_influence.data import add_example_ids
+    from hf_influence.paths import shared_data_dir
+
+    rows = []
+    with open(shared_data_dir("snli") / "train.jsonl") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["label"] in (0, 1, 2):
+                rows.append(row)
+            if len(rows) == num_rows:
+                break
+    encoded = tokenizer([r["premise"] for r in rows], [r["hypothesis"] for r in rows], truncation=True,
+                        max_length=seq_len, padding="max_length")
+    return add_example_ids(Dataset.from_dict({**encoded, "label": [r["label"] for r in rows]}))
+
+
+class _Timer:
+    """Callback recording the time at which warm-up ends."""
+
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == timer.warmup:
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    timer.start = time.perf_counter()
+
+        self.warmup = warmup
+        self.start = None
+        self.callback = Callback()
+
+
+def run_once(scoring: bool, model_path, state_dict, dataset, options) -> float:
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from hf_influence import ScoringConfig, ScoringTrainer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3)
+    model.load_state_dict(state_dict)
+    timer = _Timer(options.warmup)
+    with tempfile.TemporaryDirectory() as output_dir:
+        common = dict(output_dir=output_dir, per_device_train_batch_size=options.batch_size,
+                      max_steps=options.warmup + options.steps, learning_rate=1e-5, report_to=[],
+                      save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+                      use_cpu=options.device == "cpu", bf16=options.bf16, dataloader_num_workers=0)
+        if scoring:
+            trainer = ScoringTrainer(model=model, args=ScoringConfig(**common), train_dataset=dataset,
+                                     callbacks=[timer.callback])
+        else:
+            trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
+                              callbacks=[timer.callback])
+        trainer.train()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - timer.start
+        if scoring:
+            assert len(trainer.signal_store) == (options.warmup + options.steps) * options.batch_size
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps at the start of each run")
+    parser.add_argument("--reps", type=int, default=5, help="number of (plain, scoring) pairs")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    options = parser.parse_args(argv)
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available.")
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_influence.paths import packaged_minilm_path
+
+    model_path = packaged_minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dataset = build_dataset(options.batch_size * (options.warmup + options.steps), options.seq_len, tokenizer)
+    torch.manual_seed(0)
+    state_dict = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3).state_dict()
+
+    ratios, plain_times, scoring_times = [], [], []
+    for rep in range(options.reps):
+        plain = run_once(False, model_path, state_dict, dataset, options)
+        scoring = run_once(True, model_path, state_dict, dataset, options)
+        plain_times.append(plain)
+        scoring_times.append(scoring)
+        ratios.append(scoring / plain)
+        print(f"rep {rep}: plain {plain:.3f}s  scoring {scoring:.3f}s  ratio {scoring / plain:.4f}", flush=True)
+    print(f"device={options.device} batch={options.batch_size} seq={options.seq_len} steps={options.steps} "
+          f"warmup={options.warmup} reps={options.reps} bf16={options.bf16}")
+    print(f"median plain {statistics.median(plain_times):.3f}s, "
+          f"median scoring {statistics.median(scoring_times):.3f}s")
+    print(f"median wall-time ratio (ScoringTrainer / Trainer): {statistics.median(ratios):.4f}")
+
+
+if __name__ == "__main__":
+    main()
