@@ -265,25 +265,25 @@ class ScoringMixin:
         if self.signal_store is not None and self._store_session is self._train_session:
             self.signal_store.truncate(global_step)  # the inner loop restarted within this train() call
             return
-        if SignalStore.exists(path):
-            store = SignalStore.load(path)
+        existing = SignalStore.load(path) if SignalStore.exists(path) else None
+        # every rank has looked at (and read) the folder before the main process changes it
+        self.accelerator.wait_for_everyone()
+        if existing is not None:
+            existing.write = write
             if global_step > 0:
-                store.check_compatible(metadata, _RESUME_CONFIG_KEYS)
-                self.accelerator.wait_for_everyone()  # every rank has read the files before they are rewritten
-                store.write = write
-                store.truncate(global_step)
+                existing.check_compatible(metadata, _RESUME_CONFIG_KEYS)
+                existing.truncate(global_step)
+                store = existing
                 logger.info(f"Continuing the signal store at {path} from step {global_step}.")
-            elif len(store) == 0 and not len(store.dense_records()) or self._scoring.overwrite_signals:
-                self.accelerator.wait_for_everyone()
-                store.write = write
-                store.clear()
+            elif (len(existing) == 0 and len(existing.dense_records()) == 0) or self._scoring.overwrite_signals:
+                existing.clear()
                 store = SignalStore(path, metadata, write=write)
                 store.initialize()
             else:
                 raise ValueError(
-                    f"{path} already holds a signal store from an earlier run ({len(store)} presentations). Resume "
-                    "it with trainer.train(resume_from_checkpoint=...), choose another output_dir/signals_dir, or "
-                    "set overwrite_signals=True to replace it."
+                    f"{path} already holds a signal store from an earlier run ({len(existing)} presentations). "
+                    "Resume it with trainer.train(resume_from_checkpoint=...), choose another output_dir/signals_dir, "
+                    "or set overwrite_signals=True to replace it."
                 )
         else:
             if global_step > 0:
@@ -384,7 +384,12 @@ class ScoringMixin:
         ids = inputs.get(column) if hasattr(inputs, "get") else None
         if ids is not None:
             inputs = {k: v for k, v in inputs.items() if k != column}
-        if not (self._recording and ids is not None and model.training):
+        if self._recording and ids is None and model.training:
+            raise ValueError(
+                f"The training batch has no {column!r} entry, so its signals cannot be attributed to examples. Add "
+                "ids with hf_influence.add_example_ids(dataset) (iterable datasets need the column too)."
+            )
+        if not (self._recording and model.training):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         labels = self._check_batch(inputs, ids)
