@@ -29,6 +29,14 @@ _EXPORTS: dict[str, str] = {
     "select_by_score": "hf_influence.selection",
     "list_strategies": "hf_influence.selection",
     "inject_label_noise": "hf_influence.noise",
+    "SelectionReport": "hf_influence.selection",
+    "add_normalized_column": "hf_influence.normalization",
+    "minmax_scale": "hf_influence.normalization",
+    # scorers
+    "get_scorer": "hf_influence.scorers",
+    "list_scorers": "hf_influence.scorers",
+    "register_scorer": "hf_influence.scorers",
+    "Scorer": "hf_influence.scorers",
     # plots, cards, hub
     "plot_data_map": "hf_influence.plots",
     "plot_score_histograms": "hf_influence.plots",
