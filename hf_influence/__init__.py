@@ -40,6 +40,12 @@ _EXPORTS: dict[str, str] = {
     # plots, cards, hub
     "plot_data_map": "hf_influence.plots",
     "plot_score_histograms": "hf_influence.plots",
+    "plot_accuracy_vs_fraction": "hf_influence.plots",
+    "render_dataset_card": "hf_influence.cards",
+    "render_model_card": "hf_influence.cards",
+    "build_provenance": "hf_influence.cards",
+    "save_model_card": "hf_influence.hub",
+    "push_model_card": "hf_influence.hub",
     "save_scored_dataset": "hf_influence.hub",
     "push_scored_dataset": "hf_influence.hub",
 }
