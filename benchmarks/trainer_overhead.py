@@ -57,13 +57,16 @@ class _Timer:
                     if torch.cuda.is_available():
                         torch.cuda.synchronize()
                     timer.start = time.perf_counter()
+                    timer.cpu_start = time.process_time()
 
         self.warmup = warmup
         self.start = None
+        self.cpu_start = None
         self.callback = Callback()
 
 
-def run_once(scoring: bool, model_path, state_dict, dataset, options) -> float:
+def run_once(scoring: bool, model_path, state_dict, dataset, options) -> tuple[float, float]:
+    """Wall time and process CPU time of the timed part of one run."""
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
     from hf_influence import ScoringConfig, ScoringTrainer
@@ -86,9 +89,10 @@ def run_once(scoring: bool, model_path, state_dict, dataset, options) -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - timer.start
+        cpu = time.process_time() - timer.cpu_start
         if scoring:
             assert len(trainer.signal_store) == (options.warmup + options.steps) * options.batch_size
-    return elapsed
+    return elapsed, cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,19 +118,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     state_dict = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3).state_dict()
 
-    ratios, plain_times, scoring_times = [], [], []
+    ratios, cpu_ratios, plain_times, scoring_times = [], [], [], []
     for rep in range(options.reps):
-        plain = run_once(False, model_path, state_dict, dataset, options)
-        scoring = run_once(True, model_path, state_dict, dataset, options)
+        plain, plain_cpu = run_once(False, model_path, state_dict, dataset, options)
+        scoring, scoring_cpu = run_once(True, model_path, state_dict, dataset, options)
         plain_times.append(plain)
         scoring_times.append(scoring)
         ratios.append(scoring / plain)
-        print(f"rep {rep}: plain {plain:.3f}s  scoring {scoring:.3f}s  ratio {scoring / plain:.4f}", flush=True)
+        cpu_ratios.append(scoring_cpu / plain_cpu)
+        print(f"rep {rep}: plain {plain:.3f}s  scoring {scoring:.3f}s  wall ratio {scoring / plain:.4f}  "
+              f"process-CPU ratio {scoring_cpu / plain_cpu:.4f}", flush=True)
     print(f"device={options.device} batch={options.batch_size} seq={options.seq_len} steps={options.steps} "
           f"warmup={options.warmup} reps={options.reps} bf16={options.bf16}")
     print(f"median plain {statistics.median(plain_times):.3f}s, "
           f"median scoring {statistics.median(scoring_times):.3f}s")
     print(f"median wall-time ratio (ScoringTrainer / Trainer): {statistics.median(ratios):.4f}")
+    # on a shared CPU the process CPU time is less sensitive to other jobs than the wall time
+    print(f"median process-CPU-time ratio (ScoringTrainer / Trainer): {statistics.median(cpu_ratios):.4f}")
 
 
 if __name__ == "__main__":

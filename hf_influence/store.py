@@ -292,7 +292,8 @@ class SignalStore:
 
         - `forgetting`: number of forgetting events (Toneva et al., ICLR 2019): transitions `acc_t > acc_{t+1}`
           between consecutive evaluations of the example ordered by step; `inf` for an example never learned (never
-          correct). Higher = harder.
+          correct). Higher = harder. For causal LM, `correct` is the fraction of the example's label tokens
+          predicted correctly, so an event is any decrease of that fraction and "never learned" means it stayed 0.
         - `aum`: area under the margin (Pleiss et al., NeurIPS 2020, Eq. 1-2), the mean over presentations of the
           logit margin `z_y - max_{k!=y} z_k`. Lower = harder / likely mislabeled.
         - `confidence`, `variability`, `correctness`: dataset cartography (Swayamdipta et al., EMNLP 2020): the mean
