@@ -145,6 +145,7 @@ class ScoringMixin:
         self._store_session: object | None = None
         self._train_session: object | None = None
         self._grad_collector = None
+        self._dense_dataloader = None
         self._check_collator(self.data_collator)
         if not isinstance(self.data_collator, ExampleIdCollator):
             self.data_collator = ExampleIdCollator(self.data_collator, self._scoring.example_id_column)
@@ -256,6 +257,7 @@ class ScoringMixin:
     def _open_store(self, global_step: int) -> None:
         """Called on train begin (also when `auto_find_batch_size` restarts the loop)."""
         self._buffers = {PRESENTATIONS: [], DENSE: []}
+        self._dense_dataloader = None
         self._recording = self._scoring.record_signals
         if not self._recording:
             return
@@ -487,8 +489,9 @@ class ScoringMixin:
         epoch = self._current_epoch() if epoch is None else epoch
         try:
             model.eval()
-            dataloader = self.get_test_dataloader(self.train_dataset)
-            for batch in dataloader:
+            if self._dense_dataloader is None:  # built once per train() call, reused by every evaluation
+                self._dense_dataloader = self.get_test_dataloader(self.train_dataset)
+            for batch in self._dense_dataloader:
                 inputs = self._prepare_inputs(batch)
                 ids = inputs[column]
                 inputs = {k: v for k, v in inputs.items() if k != column}
