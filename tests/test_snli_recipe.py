@@ -1,0 +1,239 @@
+"""The SNLI pruning recipe (recipes/snli_prune.py): bad input fails fast with clear errors, and the smoke profile runs
+end to end and writes every promised output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "snli_prune.py"
+SMOKE = REPO / "recipes" / "configs" / "snli_smoke.yaml"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("snli_prune", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("snli_prune", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _run_main(recipe, tmp_path, *extra):
+    return recipe.main(["--config", str(SMOKE), "--output_dir", str(tmp_path / "out"), *extra])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: each error names the problem and the fix, and comes before any model weights are loaded
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_score_lists_valid_ones(tmp_path):
+    recipe = _recipe()
+    begin = time.perf_counter()
+    with pytest.raises(ValueError, match=r"Unknown score\(s\) \['el3n'\]; valid scores are: el2n, grand") as err:
+        _run_main(recipe, tmp_path, "--scores", "el2n", "el3n")
+    assert "vog_class" in str(err.value) and "forgetting" in str(err.value)
+    assert time.perf_counter() - begin < 10
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5", "-0.2", "nan"])
+def test_fraction_outside_unit_interval(tmp_path, fraction):
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"--keep_fractions must lie in \(0, 1\].*For 45% pruned pass 0.55"):
+        _run_main(recipe, tmp_path, "--keep_fractions", "0.5", fraction)
+
+
+def test_unknown_strategy_and_bad_selection(tmp_path):
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"Unknown strategy 'toughest'.*valid: hardest, easiest, random"):
+        _run_main(recipe, tmp_path, "--selections", "el2n:toughest")
+    with pytest.raises(ValueError, match=r"expected 'score:strategy'"):
+        _run_main(recipe, tmp_path, "--selections", "el2n")
+
+
+def test_unknown_yaml_key(tmp_path):
+    recipe = _recipe()
+    config = tmp_path / "bad.yaml"
+    config.write_text(SMOKE.read_text() + "learning_rte: 0.1\n")
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['learning_rte'\]"):
+        recipe.main(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+
+
+def test_dataset_missing_columns(tmp_path):
+    recipe = _recipe()
+    data = tmp_path / "nli"
+    data.mkdir()
+    rows = [{"sentence1": "A man sleeps.", "sentence2": "A person rests.", "label": 0}] * 3
+    _write_jsonl(data / "train.jsonl", rows)
+    _write_jsonl(data / "validation.jsonl", rows)
+    begin = time.perf_counter()
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['hypothesis', 'premise'\].*--premise_column <column>"):
+        _run_main(recipe, tmp_path, "--dataset_name", str(data))
+    assert time.perf_counter() - begin < 20
+    # naming the columns makes the same folder valid as far as the columns go
+    raw = recipe.load_raw_splits(recipe.DataArguments(dataset_name=str(data)))
+    recipe.validate_columns(raw, recipe.DataArguments(premise_column="sentence1", hypothesis_column="sentence2"))
+
+
+def test_dataset_folder_without_validation(tmp_path):
+    recipe = _recipe()
+    data = tmp_path / "nli"
+    data.mkdir()
+    _write_jsonl(data / "train.jsonl", [{"premise": "a", "hypothesis": "b", "label": 1}])
+    with pytest.raises(FileNotFoundError, match=r"has no validation file \(found: train.jsonl\)"):
+        _run_main(recipe, tmp_path, "--dataset_name", str(data))
+
+
+def test_hub_id_without_network_says_to_pass_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = _recipe()
+    with pytest.raises(RuntimeError, match=r"pass a local folder.*--dataset_name ../shared/data/snli"):
+        recipe.load_raw_splits(recipe.DataArguments(dataset_name="no-such-user/no-such-snli-copy"))
+
+
+def test_model_without_sequence_classification_head(tmp_path):
+    from transformers import ViTConfig
+
+    recipe = _recipe()
+    folder = tmp_path / "vit"
+    ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(folder)
+    begin = time.perf_counter()
+    with pytest.raises(ValueError, match=r"is a 'vit' model, which cannot do sequence classification.*minilm"):
+        _run_main(recipe, tmp_path, "--model_name_or_path", str(folder))
+    assert time.perf_counter() - begin < 10
+
+
+def test_cli_error_exits_nonzero_with_message(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), "--config", str(SMOKE), "--output_dir", str(tmp_path / "o"), "--scores", "vog"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Unknown score(s) ['vog']" in proc.stderr and "vog_class" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data preparation against hand-built expectations
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_prepare_splits_ids_before_filtering_and_subsetting(tmp_path):
+    recipe = _recipe()
+    data = tmp_path / "nli"
+    data.mkdir()
+    labels = [0, -1, 2, 1, -1, 0, 2, 1, 1, 0, -1]
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": y} for i, y in enumerate(labels)]
+    _write_jsonl(data / "train.jsonl", rows)
+    _write_jsonl(data / "dev.jsonl", rows[:4])
+    args = recipe.DataArguments(dataset_name=str(data), max_train_samples=5, max_eval_samples=10, subset_seed=3)
+    splits = recipe.prepare_splits(recipe.load_raw_splits(args), args, num_labels=3)
+    train = splits["train"]
+    labelled = [i for i, y in enumerate(labels) if y != -1]
+    assert len(train) == 5 and set(train["example_id"]) <= set(labelled)
+    assert train["example_id"] == sorted(train["example_id"])  # original order kept
+    for row in train:  # ids name rows of the ORIGINAL file, so the text matches the id
+        assert row["premise"] == f"p{row['example_id']}" and row["label"] == labels[row["example_id"]]
+    assert splits["validation"]["example_id"] == [0, 2, 3]  # dev.jsonl is the validation split; -1 dropped
+    assert "test" not in splits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The smoke profile end to end
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end(tmp_path):
+    import pandas as pd
+    import yaml
+    from datasets import load_dataset
+
+    out = tmp_path / "smoke"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), "--config", str(SMOKE), "--output_dir", str(out)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    profile = yaml.safe_load(SMOKE.read_text())
+    scores = profile["scores"]
+    recipe = _recipe()
+    grid = [tuple(s.split(":")) for s in profile.get("selections", [])] or [
+        (s, recipe.SCORES[s].default_strategy) for s in scores
+    ]
+    fractions, seeds = profile["keep_fractions"], profile["finetune_seeds"]
+
+    # results.csv: one row per score/strategy/fraction/seed, plus random at each fraction and the full reference
+    frame = pd.read_csv(out / "results.csv")
+    assert list(frame.columns) == list(recipe.RESULT_COLUMNS)
+    expected = {("full", "none", 1.0, s) for s in seeds}
+    expected |= {("random", "random", f, s) for f in fractions for s in seeds}
+    expected |= {(score, strategy, f, s) for score, strategy in grid for f in fractions for s in seeds}
+    got = {(r.score, r.strategy, r.keep_fraction, r.seed) for r in frame.itertuples()}
+    assert got == expected and len(frame) == len(expected)
+    n_train = profile["max_train_samples"]
+    for row in frame.itertuples():
+        assert 0.0 <= row.eval_accuracy <= 1.0 and 0.0 <= row.test_accuracy <= 1.0
+        assert row.num_train == (n_train if row.score == "full" else math.floor(row.keep_fraction * n_train))
+        assert sum(json.loads(row.label_counts)) == row.num_train
+        assert math.isclose(row.pruned_fraction, 1.0 - row.keep_fraction)
+    # accuracies are the share of correct predictions on max_eval_samples pairs: multiples of 1/n
+    n_eval = profile["max_eval_samples"]
+    assert np.allclose(frame["eval_accuracy"] * n_eval, np.round(frame["eval_accuracy"] * n_eval))
+
+    payload = json.loads((out / "results.json").read_text())
+    assert len(payload["runs"]) == len(frame)
+    summary_keys = {(r["score"], r["strategy"], r["keep_fraction"]) for r in payload["summary"]}
+    assert summary_keys == {(s, t, f) for s, t, f, _ in expected}
+    assert payload["config"]["pruning"]["scores"] == scores
+
+    png = out / "accuracy_vs_fraction.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the scored training split loads with its score columns and card
+    scored = load_dataset(str(out / "scored_dataset"))["train"]
+    columns = set(scored.column_names)
+    assert {"premise", "hypothesis", "label", "example_id"} <= columns
+    assert set(scores) <= columns
+    assert len(scored) == n_train and len(set(scored["example_id"])) == n_train
+    for score in scores:
+        values = np.asarray(scored[score], dtype=np.float64)
+        assert np.isfinite(values).any(), score
+    card = (out / "scored_dataset" / "README.md").read_text()
+    for score in scores:
+        assert score in card
+    provenance = json.loads((out / "scored_dataset" / "hf_influence.json").read_text())
+    assert set(scores) <= {e["column"] for e in provenance["scores"]}
+
+    # the best pruned model is a loadable classifier with a model card
+    best = out / "best_pruned_model"
+    assert (best / "README.md").is_file() and (best / "config.json").is_file()
+    best_row = frame[~frame["score"].isin(["full", "random"])].sort_values("eval_accuracy").iloc[-1]
+    assert best_row["score"] in (best / "README.md").read_text()
+
+    timing = json.loads((out / "timing.json").read_text())
+    for phase in ("data", "scoring_training", "scoring_scorers", "finetune_full", "finetune_random", "report"):
+        assert timing["phases"][phase] >= 0.0
+    assert sum(timing["phases"].values()) <= timing["total_seconds"] + 1e-6
+    assert len(timing["runs"]) == len(frame)
+
+    # the printed summary table has one line per (score, strategy, fraction)
+    assert "vs random" in proc.stdout
+    for score, strategy in grid:
+        assert any(line.split()[:2] == [score, strategy] for line in proc.stdout.splitlines())
