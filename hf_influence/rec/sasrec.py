@@ -653,6 +653,7 @@ def train_sasrec(
     Returns:
         `SASRecTrainingResult` (``model`` in eval mode, ``train_loss`` per epoch, ``valid_metrics``, ``kept_epoch``).
     """
+    import shutil
     import tempfile
 
     from transformers import Trainer, TrainingArguments, set_seed
@@ -716,7 +717,11 @@ def train_sasrec(
     trainer = trainer_cls(
         model=model, args=args_cls(**args), train_dataset=features, data_collator=collator, callbacks=callbacks
     )
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        if output_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
     model = trainer.model
     kept_epoch = epochs
     if keep == "best" and callback is not None and callback.best_state is not None:
