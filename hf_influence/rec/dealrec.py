@@ -177,6 +177,18 @@ def _rows(dataset: Any, start: int, stop: int) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
 
 
+class _LossModule(torch.nn.Module):
+    """Wraps ``per_sample_loss(model, batch)`` as a module so `torch.func.functional_call` can swap its parameters."""
+
+    def __init__(self, model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.per_sample_loss = per_sample_loss
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.per_sample_loss(self.model, batch)
+
+
 def surrogate_grand(
     model: torch.nn.Module,
     dataset: Any,
@@ -190,8 +202,9 @@ def surrogate_grand(
 ) -> np.ndarray:
     """GraNd on the surrogate (Paul et al., NeurIPS 2021, Eq. 2): ``|| grad_theta L(s) ||_2`` per user, eval mode.
 
-    One backward per user over the selected parameters (all trainable ones by default); the batch forward is shared.
-    Cost: ``n`` backward passes of the surrogate (small for SASRec). Higher = harder.
+    Per-sample gradients over the selected parameters (all trainable ones by default) with ``torch.func.vmap`` of
+    ``torch.func.grad`` (memory: ``batch_size x P`` floats; SASRec's loss supports vmap). A model whose loss cannot be
+    vmapped falls back to one forward+backward per user. Higher = harder.
 
     Returns:
         `np.ndarray`: float64, one value per row of ``dataset``.
@@ -201,25 +214,39 @@ def surrogate_grand(
     names = list(params) if params is not None else [n for n, p in named.items() if p.requires_grad]
     if not names:
         raise ValueError("No parameters selected for GraNd: pass params=[names] or unfreeze the surrogate.")
-    tensors = [named[n] for n in names]
-    flags = [p.requires_grad for p in tensors]
     was_training = model.training
     model.eval().to(device)
-    out = []
+    wrapper = _LossModule(model, per_sample_loss)
+    scope = {f"model.{n}": named[n].detach() for n in names}
+    frozen = {f"model.{n}": p.detach() for n, p in named.items() if n not in set(names)}
+
+    def loss_one(trainable: dict[str, torch.Tensor], sample: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.unsqueeze(0) for k, v in sample.items()}
+        return torch.func.functional_call(wrapper, {**frozen, **trainable}, (batch,))[0]
+
+    per_sample_grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0))
+    out: list[float] = []
+    use_vmap = True
     try:
-        for p in tensors:
-            p.requires_grad_(True)
         for start in tqdm(range(0, len(dataset), batch_size), desc="GraNd (surrogate)", disable=not progress):
             batch = collate_fn(_rows(dataset, start, min(start + batch_size, len(dataset))))
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            losses = per_sample_loss(model, batch)
-            for b in range(losses.shape[0]):
-                grads = torch.autograd.grad(losses[b], tensors, retain_graph=b < losses.shape[0] - 1,
-                                            allow_unused=True)
+            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            size = next(iter(batch.values())).shape[0]
+            if use_vmap:
+                try:
+                    grads = per_sample_grads(scope, batch)
+                    sq = sum((g.reshape(size, -1).double() ** 2).sum(1) for g in grads.values())
+                    out.extend(torch.sqrt(sq).tolist())
+                    continue
+                except RuntimeError as err:  # data-dependent control flow etc.: loop instead
+                    logger.warning(f"GraNd: vmap failed ({err}); falling back to one backward per sample.")
+                    use_vmap = False
+            for b in range(size):
+                sample = {k: v[b] for k, v in batch.items()}
+                trainable = {k: v.clone().requires_grad_(True) for k, v in scope.items()}
+                grads = torch.autograd.grad(loss_one(trainable, sample), list(trainable.values()), allow_unused=True)
                 out.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))))
     finally:
-        for p, flag in zip(tensors, flags):
-            p.requires_grad_(flag)
         model.train(was_training)
     return np.asarray(out, dtype=np.float64)
 
