@@ -80,6 +80,7 @@ def test_generation_prompt_and_format(smollm2_tokenizer):
     short = generation_prompt(row, smollm2_tokenizer, max_tokens=budget, domain="games")
     assert short == render_prompt(["Portal 2"], style)
     assert resolve_style("microlens-50k").instruction == resolve_style("micro-videos").instruction
+    assert resolve_style("movielens-1m") == resolve_style("movies")
     assert resolve_style("games", instruction="X").instruction == "X"
     with pytest.raises(ValueError, match="Unknown prompt domain"):
         resolve_style("podcasts")

@@ -63,7 +63,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
     ),
 }
 DOMAIN_ALIASES = {"microlens": "micro-videos", "microlens-50k": "micro-videos", "book": "books", "movielens": "movies",
-                  "ml-1m": "movies", "game": "games"}
+                  "movielens-1m": "movies", "ml-1m": "movies", "game": "games"}
 
 
 def resolve_style(domain: str | PromptStyle = "items", *, instruction: str | None = None,
