@@ -215,7 +215,10 @@ def test_training_loss_decreases_and_keep_best(shared_dir, tmp_path):
     assert result.train_loss[-1] < result.train_loss[0] - 0.05
     assert [m["epoch"] for m in result.valid_metrics] == [2, 4, 6]
     # the saved model is the final one and carries its item vocabulary
-    loaded = SASRecModel.from_pretrained(tmp_path / "last")
+    from transformers import AutoModel
+
+    loaded = AutoModel.from_pretrained(tmp_path / "last")  # registered model type "sasrec"
+    assert isinstance(loaded, SASRecModel)
     assert loaded.config.item_ids == result.model.config.item_ids
     for a, b in zip(loaded.state_dict().values(), result.model.state_dict().values()):
         assert torch.equal(a, b)

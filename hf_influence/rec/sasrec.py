@@ -13,8 +13,10 @@ authors) or the mean of the per-sample losses (``"samples"``). Negatives are dra
 (the authors resample them in every ``__getitem__``) or, with ``resample=False``, as a fixed function of
 ``(seed, example_id)`` so that per-sample losses and gradients are reproducible whatever the batching.
 
-Module names follow the authors' code so that their influence scope, ``item_encoder.layer.1.attention.dense.weight``
-(the last block's attention output projection, 64 x 64), names the same tensor here.
+The model type "sasrec" is registered with `AutoConfig`/`AutoModel`, so `AutoModel.from_pretrained(dir)` loads a saved
+surrogate. Module names follow the authors' code so that their influence scope,
+``item_encoder.layer.1.attention.dense.weight`` (the last block's attention output projection, 64 x 64), names the
+same tensor here.
 
 Known differences from the authors' code (documented, not bugs): the feed-forward layer uses ``hidden_act`` once
 (their module hard-codes ReLU after both 1x1 convolutions although their config says GELU); the padding row of the item
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, TrainerCallback
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput, logging
 
@@ -315,6 +317,10 @@ class SASRecModel(SASRecPreTrainedModel):
             last_hidden_state=hidden,
         )
         return output if return_dict else output.to_tuple()
+
+
+AutoConfig.register(SASRecConfig.model_type, SASRecConfig, exist_ok=True)
+AutoModel.register(SASRecConfig, SASRecModel, exist_ok=True)
 
 
 def sasrec_per_sample_loss(model: SASRecModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
