@@ -511,9 +511,10 @@ def run_frozen_backward(
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
         resolved = infer_task(model, logits, task)
         losses, valid = per_example_losses(logits, labels, resolved)
+        del outputs, logits  # the loss graph keeps what it needs; the logits themselves can go before the backward
         total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
         if engine.anchor is not None and total.requires_grad:
-            torch.autograd.grad(total, engine.anchor)
+            torch.autograd.grad(total, engine.anchor, allow_unused=True)
     return inputs, labels, losses.detach(), valid, resolved
 
 
