@@ -86,6 +86,22 @@ def test_bert_all_params_padding_token_types():
     assert model.training and model.bert.encoder.training
 
 
+def test_roberta_padding_aware_positions():
+    """RoBERTa derives position ids from the input ids (pads get padding_idx): the model's own positions are used."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(9)
+    config = RobertaConfig(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=40, max_position_embeddings=40, num_labels=3, pad_token_id=1,
+                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = RobertaForSequenceClassification(config).eval()
+    batch = make_batch(97, seed=9)
+    batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
+    batch["labels"] = torch.tensor([0, 1, 2, 2, 1, 0])
+    ref = naive_sq_norms(model, batch, list(model.parameters()), "cls")
+    assert_close(per_example_grad_norms(model, batch, squared=True), ref)
+
+
 def test_gpt2_tied_embeddings_cross_term():
     torch.manual_seed(1)
     from transformers import GPT2LMHeadModel
@@ -217,7 +233,7 @@ def test_collector_inside_training_backward_weighted_loss():
     labels = torch.tensor([0, 1, 2, 2, 1, 0])
     weights = torch.tensor([0.5, 1.0, 2.0, 0.25, 1.5, 3.0])
     with GhostNormCollector(model) as collector:
-        logits = model(**batch).logits  # no position_ids passed: the collector adds (B, T) ones
+        logits = model(**batch).logits  # default (1, T) position ids: expanded per example by the hooks
         loss = (weights * F.cross_entropy(logits, labels, reduction="none")).sum()
         loss.backward()
     sq = collector.squared_norms()

@@ -4,7 +4,6 @@ loss the Trainer optimises, and a context that puts a model in eval mode with fr
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -102,15 +101,6 @@ def select_parameters(model: nn.Module, params: ParamSpec = None) -> dict[str, n
     return {name: param for name, param in selected.values()}
 
 
-def forward_accepts(model: nn.Module, name: str) -> bool:
-    """Whether the (unwrapped) model's forward takes keyword `name`."""
-    try:
-        signature = inspect.signature(unwrap_model(model).forward)
-    except (TypeError, ValueError):
-        return False
-    return name in signature.parameters
-
-
 def model_device(model: nn.Module) -> torch.device:
     for param in model.parameters():
         return param.device
@@ -123,9 +113,7 @@ def prepare_batch(
     """Split a collated batch into model inputs and labels, on the model's device.
 
     Drops the example-id column and the labels from the inputs (the model's own loss is not needed: per-example
-    losses are computed here). Adds `position_ids` expanded to `(B, T)` when the model takes them and the batch has
-    none (BERT's default `(1, T)` position ids are broadcast, which would sum the per-example gradients of the
-    position embedding).
+    losses are computed here).
 
     Raises:
         ValueError: if labels are needed and the batch has none, or `input_ids` and `inputs_embeds` are both missing.
@@ -150,9 +138,6 @@ def prepare_batch(
     ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
     if ids is None:
         raise ValueError(f"The batch needs 'input_ids' (or 'inputs_embeds'); got keys {sorted(batch)}.")
-    if "position_ids" not in inputs and forward_accepts(model, "position_ids"):
-        batch_size, seq_len = ids.shape[:2]
-        inputs["position_ids"] = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch_size, seq_len)
     return inputs, labels
 
 

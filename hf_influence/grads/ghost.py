@@ -37,7 +37,6 @@ from transformers.utils import logging
 
 from .core import (
     ParamSpec,
-    forward_accepts,
     infer_task,
     per_example_losses,
     prepare_batch,
@@ -288,13 +287,22 @@ class _HookEngine:
         self._pending: dict[int, torch.Tensor] = {}
         self._cross: dict[int, torch.Tensor] = {}
         self._in_backward = False
+        self._root_batch: int | None = None
         self.anchor: torch.Tensor | None = None
 
     def __enter__(self) -> _HookEngine:
+        self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
         for layer in self.layers:
             self._handles.append(layer.module.register_forward_hook(partial(self._forward_hook, layer),
                                                                     with_kwargs=True))
         return self
+
+    def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Record the batch size from the model's own input (to expand broadcast position embeddings)."""
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            ids = kwargs.get("inputs_embeds", args[0] if args else None)
+        self._root_batch = ids.shape[0] if isinstance(ids, torch.Tensor) and ids.dim() >= 1 else None
 
     def __exit__(self, *exc: Any) -> None:
         for handle in self._handles:
@@ -321,24 +329,29 @@ class _HookEngine:
                 "checkpointing."
             )
         x = args[0] if args else next(iter(kwargs.values()))
-        batch = x.shape[0]
+        batch, replaced = x.shape[0], False
+        expected = self._root_batch if self._root_batch is not None else self.batch_size
+        if layer.kind == "embedding" and batch == 1 and output.shape[0] == 1 and (expected or 1) > 1:
+            # ids shared by the batch (BERT/GPT-2 default position_ids of shape (1, T)): the output is broadcast
+            # over examples downstream; give each example its own copy so its output gradient stays per example
+            x = x.expand(expected, *x.shape[1:])
+            output = output.expand(expected, *output.shape[1:]).clone()
+            batch, replaced = expected, True
         if self.batch_size is None:
             self.batch_size = batch
         elif batch != self.batch_size or output.shape[0] != batch:
             raise ValueError(
                 f"Layer {layer.name!r} sees a batch dimension of {batch} (output {tuple(output.shape)}) while the "
-                f"batch has {self.batch_size} examples: its inputs are broadcast across examples, so per-example "
-                "gradients are not separable. Pass per-example inputs, e.g. position_ids of shape (batch, seq_len)."
+                f"batch has {self.batch_size} examples: its inputs are shared across examples, so per-example "
+                "gradients are not separable. Pass per-example inputs or exclude it with a params regex."
             )
         self._pending[id(module)] = x.detach()
         if self.frozen and not output.requires_grad:
             if self.anchor is None:
                 self.anchor = torch.zeros((), device=output.device, requires_grad=True)
-            output = output + self.anchor.to(output.dtype)
-            output.register_hook(partial(self._grad_hook, layer))
-            return output
+            output, replaced = output + self.anchor.to(output.dtype), True
         output.register_hook(partial(self._grad_hook, layer))
-        return None
+        return output if replaced else None
 
     def _grad_hook(self, layer: _Layer, grad: torch.Tensor) -> None:
         x = self._pending.pop(id(layer.module), None)
@@ -457,7 +470,7 @@ def per_example_grad_norms(
     The loss is the one the Trainer optimises per example: cross-entropy for sequence classification; for causal LM
     the mean token cross-entropy over the example's own shifted label tokens (labels -100 ignored). The model runs in
     eval mode (dropout off) with every parameter frozen during the call (restored after): no `.grad` is written and no
-    weight-gradient products are computed. Per-example `position_ids` `(B, T)` are passed when the batch has none.
+    weight-gradient products are computed.
 
     Args:
         model (`nn.Module`): a transformers model (or PEFT model) returning `logits`.
@@ -535,8 +548,7 @@ class GhostNormCollector:
     backward. After ONE `loss.backward()` of a scalar that is a sum of per-example terms (e.g. a mean or a weighted
     sum of per-example losses), `squared_norms()` returns the squared norm of each example's contribution over the
     selected parameters (rescale by the loss weighting to get per-example loss-gradient norms). The parameter
-    gradients are exactly those of a plain backward. Missing `position_ids` are filled in as `(B, T)` so that
-    position-embedding gradients stay per example.
+    gradients are exactly those of a plain backward.
 
     Args:
         model (`nn.Module`): the model being trained.
@@ -564,32 +576,14 @@ class GhostNormCollector:
                 f"(parameters {', '.join(self._engine.fallback)}). Exclude them with a params regex, or compute "
                 "norms after the step with per_example_grad_norms (which falls back to torch.func)."
             )
-        self._pre_handle: Any = None
 
     def __enter__(self) -> GhostNormCollector:
         self._engine.reset()
         self._engine.__enter__()
-        if forward_accepts(self.model, "position_ids"):
-            self._pre_handle = self.model.register_forward_pre_hook(self._add_position_ids, with_kwargs=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._engine.__exit__()
-        if self._pre_handle is not None:
-            self._pre_handle.remove()
-            self._pre_handle = None
-
-    @staticmethod
-    def _add_position_ids(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if kwargs.get("position_ids") is not None or len(args) > 1 or kwargs.get("past_key_values") is not None:
-            return None
-        ids = kwargs.get("input_ids", args[0] if args else kwargs.get("inputs_embeds"))
-        if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
-            return None
-        batch, seq = ids.shape[:2]
-        kwargs = dict(kwargs)
-        kwargs["position_ids"] = torch.arange(seq, device=ids.device).unsqueeze(0).expand(batch, seq)
-        return args, kwargs
 
     def squared_norms(self) -> torch.Tensor:
         """Float32 `[batch_size]` squared norms of each example's contribution to the last backward's gradient."""
