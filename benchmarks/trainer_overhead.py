@@ -120,8 +120,12 @@ def main(argv: list[str] | None = None) -> None:
 
     ratios, cpu_ratios, plain_times, scoring_times = [], [], [], []
     for rep in range(options.reps):
-        plain, plain_cpu = run_once(False, model_path, state_dict, dataset, options)
-        scoring, scoring_cpu = run_once(True, model_path, state_dict, dataset, options)
+        if rep % 2 == 0:  # A,B then B,A: neither trainer always runs first
+            plain, plain_cpu = run_once(False, model_path, state_dict, dataset, options)
+            scoring, scoring_cpu = run_once(True, model_path, state_dict, dataset, options)
+        else:
+            scoring, scoring_cpu = run_once(True, model_path, state_dict, dataset, options)
+            plain, plain_cpu = run_once(False, model_path, state_dict, dataset, options)
         plain_times.append(plain)
         scoring_times.append(scoring)
         ratios.append(scoring / plain)
