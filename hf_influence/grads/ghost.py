@@ -17,6 +17,14 @@ arXiv:2210.00038):
 - Any other module owning selected parameters: per-example gradients with ``torch.func`` (``vmap(grad)`` over
   ``functional_call``, in chunks), logged once per module type.
 
+Position/token-type embeddings looked up with ids shared by the batch (BERT's and GPT-2's default `(1, T)` position
+ids) are expanded per example inside the hook, so the model's own position ids are kept (RoBERTa's padding-aware
+ones included) and their per-example gradients stay separable.
+
+Limitations: a parameter used outside its owning module's forward (e.g. `F.linear(h, self.embed.weight)` in a parent
+module) is invisible to the hooks; such models need the tied weight excluded (params regex) or the fallback. A module
+with selected parameters that is called twice in one forward (parameter reuse, gradient checkpointing) is refused.
+
 Layer inputs are captured by forward hooks and output gradients by tensor hooks registered on the outputs (no
 ``register_full_backward_hook``). In norms-only mode every parameter is frozen for the duration of the call and the
 graph starts at the first hooked layer's output, so no weight-gradient products are computed and no ``.grad`` is
