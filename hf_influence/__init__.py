@@ -23,6 +23,12 @@ _EXPORTS: dict[str, str] = {
     "SignalStore": "hf_influence.store",
     # per-example gradients
     "per_example_grad_norms": "hf_influence.grads",
+    "GhostNormCollector": "hf_influence.grads",
+    "input_embedding_gradients": "hf_influence.grads",
+    "GradientProjector": "hf_influence.grads",
+    "projected_gradients": "hf_influence.grads",
+    "write_projected_gradients": "hf_influence.grads",
+    "load_projected_gradients": "hf_influence.grads",
     # normalisation, selection, noise
     "class_zscore": "hf_influence.normalization",
     "dataset_zscore": "hf_influence.normalization",
