@@ -390,3 +390,16 @@ def test_nan_loss_recorded_with_one_warning(tmp_path, monkeypatch):
     records = trainer.signal_store.records()
     assert records.loc[records.example_id == 5, "loss"].isna().all()
     assert len([w for w in warnings if "NaN loss" in w]) == 1
+
+
+def test_config_from_command_line(tmp_path):
+    from transformers import HfArgumentParser
+
+    (config,) = HfArgumentParser(ScoringConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--task", "causal_lm", "--dense_eval_steps", "50",
+         "--dense_eval_max_epoch", "1", "--record_grad_norm", "true"])
+    assert (config.task, config.dense_eval_steps, config.dense_eval_max_epoch, config.record_grad_norm) == (
+        "causal_lm", 50, 1, True)
+    assert config.signals_dir is None and config.example_id_column == "example_id"
+    with pytest.raises(SystemExit):
+        HfArgumentParser(ScoringConfig).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--task", "ner"])
