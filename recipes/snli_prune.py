@@ -207,7 +207,7 @@ class PruningArguments:
     )
     keep_fractions: list[float] = field(
         default_factory=lambda: [0.55, 0.75],
-        metadata={"help": "Fractions of the training set to KEEP, each in (0, 1]; 0.55 = 45% pruned."},
+        metadata={"help": "Fractions of the training set to KEEP, each in (0, 1]; 0.55 = 45%% pruned."},
     )
     scoring_seeds: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "Seeds of the scoring runs (scores are averaged over them)."}
@@ -1025,6 +1025,11 @@ def finetune(train, ctx: FinetuneContext, seed: int, run_name: str):
     test_accuracy = float("nan")
     if ctx.test_dataset is not None:
         test_accuracy = trainer.evaluate(ctx.test_dataset, metric_key_prefix="test")["test_accuracy"]
+    for folder in (Path(args.output_dir), Path(args.output_dir).parent):  # the Trainer left nothing there
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
     labels = np.asarray(train[ctx.label_column])
     return {
         "num_train": len(train),

@@ -154,6 +154,85 @@ def test_prepare_splits_ids_before_filtering_and_subsetting(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Arguments, YAML profiles, optimizer groups, summary table
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_flags_override_yaml_and_help_renders(tmp_path):
+    import yaml
+
+    recipe = _recipe()
+    model_args, data_args, prune_args, training_args = recipe.parse_args(
+        ["--config", str(SMOKE), "--output_dir", str(tmp_path), "--keep_fractions", "0.3", "0.6", "--learning_rate",
+         "3e-5"]
+    )
+    profile = yaml.safe_load(SMOKE.read_text())
+    assert prune_args.keep_fractions == [0.3, 0.6] and training_args.learning_rate == 3e-5  # the flags win
+    assert data_args.max_train_samples == profile["max_train_samples"]  # the rest comes from the YAML file
+    assert prune_args.scores == profile["scores"] and training_args.dense_eval_steps == profile["dense_eval_steps"]
+    assert model_args.model_name_or_path == "packaged:minilm"
+    help_text = recipe.build_parser().format_help()
+    assert "--keep_fractions" in help_text and "45% pruned" in help_text and "--dense_eval_steps" in help_text
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "recipes" / "configs").glob("snli_*.yaml")), ids=lambda p: p.name)
+def test_every_profile_parses(tmp_path, profile):
+    recipe = _recipe()
+    _, _, prune_args, training_args = recipe.parse_args(["--config", str(profile), "--output_dir", str(tmp_path)])
+    assert prune_args.selection_grid() and all(0 < f <= 1 for f in prune_args.keep_fractions)
+    assert training_args.output_dir == str(tmp_path)
+
+
+def test_special_values_resolve(shared_dir, minilm_path):
+    recipe = _recipe()
+    assert Path(recipe.resolve_special("shared:snli", "data")) == shared_dir / "data" / "snli"
+    assert Path(recipe.resolve_special("packaged:minilm", "model")) == minilm_path
+    assert recipe.resolve_special("some/hub-id", "model") == "some/hub-id"
+    with pytest.raises(ValueError, match="available: packaged:minilm"):
+        recipe.resolve_special("packaged:gpt5", "model")
+
+
+def test_head_learning_rate_groups(tiny_bert_classifier):
+    from transformers import TrainingArguments
+
+    recipe = _recipe()
+    args = TrainingArguments(output_dir="unused", learning_rate=1e-4, weight_decay=0.01)
+    assert recipe.make_optimizer(tiny_bert_classifier, args, None) is None  # the Trainer's default optimizer
+    optimizer = recipe.make_optimizer(tiny_bert_classifier, args, 1e-3)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(tiny_bert_classifier.named_parameters())
+    assert len(lr_of) == len(named)  # every parameter exactly once
+    for name, param in named.items():
+        assert lr_of[id(param)] == (1e-3 if name.startswith("classifier.") else 1e-4), name
+        no_decay = name.endswith("bias") or "LayerNorm" in name
+        assert decay_of[id(param)] == (0.0 if no_decay else 0.01), name
+
+
+def test_summary_against_hand_computation():
+    recipe = _recipe()
+    rows = []
+    for seed, (full, rnd, el2n) in enumerate([(0.80, 0.70, 0.74), (0.82, 0.72, 0.70), (0.84, 0.71, 0.75)]):
+        common = {"seed": seed, "train_seconds": 1.0, "label_counts": "[1, 1, 1]"}
+        rows.append({"score": "full", "strategy": "none", "keep_fraction": 1.0, "pruned_fraction": 0.0,
+                     "num_train": 100, "eval_accuracy": full, "test_accuracy": full, **common})
+        rows.append({"score": "random", "strategy": "random", "keep_fraction": 0.5, "pruned_fraction": 0.5,
+                     "num_train": 50, "eval_accuracy": rnd, "test_accuracy": rnd, **common})
+        rows.append({"score": "el2n", "strategy": "hardest", "keep_fraction": 0.5, "pruned_fraction": 0.5,
+                     "num_train": 50, "eval_accuracy": el2n, "test_accuracy": el2n, **common})
+    summary = recipe.summarize(rows).set_index("score")
+    assert summary.loc["el2n", "runs"] == 3
+    assert math.isclose(summary.loc["el2n", "test_mean"], (0.74 + 0.70 + 0.75) / 3)
+    mean = (0.74 + 0.70 + 0.75) / 3
+    sample_std = math.sqrt(sum((x - mean) ** 2 for x in (0.74, 0.70, 0.75)) / 2)
+    assert math.isclose(summary.loc["el2n", "test_std"], sample_std)
+    assert math.isclose(summary.loc["el2n", "test_vs_random"], mean - (0.70 + 0.72 + 0.71) / 3)
+    assert math.isnan(summary.loc["random", "test_vs_random"]) and math.isnan(summary.loc["full", "test_vs_random"])
+    table = recipe.format_table(recipe.summarize(rows))
+    assert "el2n" in table.splitlines()[-1] and f"{100 * (mean - 0.71):+.2f}" in table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The smoke profile end to end
 # ---------------------------------------------------------------------------------------------------------------------
 
