@@ -139,6 +139,8 @@ def smollm2_tokenizer(request):
 
     path = packaged_smollm2_gguf()
     stat = path.stat()
+    if getattr(request.config, "cache", None) is None:  # cache provider disabled (-p no:cacheprovider)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     cache = request.config.cache.mkdir(f"smollm2_tokenizer_{stat.st_size}_{int(stat.st_mtime)}")
     if (cache / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(cache)
