@@ -271,7 +271,7 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            logger.info(f"[timing] {name}: {self.seconds[name]:.1f}s")
+            logger.warning(f"[timing] {name}: {self.seconds[name]:.1f}s")
 
     def table(self) -> str:
         width = max(len(k) for k in self.seconds) if self.seconds else 10
@@ -338,6 +338,13 @@ def load_llm(llm: LLMArguments, device: torch.device):
         model = LlamaForCausalLM(config)
     else:
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, **kwargs)
+        if "gguf_file" in kwargs:
+            # transformers de-quantizes GGUF weights into ordinary float tensors but keeps the GGUF quantizer marker,
+            # which makes Trainer refuse to fine-tune; the loaded model is a plain float model, so drop the marker.
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
@@ -539,6 +546,15 @@ def write_plot(results: dict[str, dict[str, float]], ks: Sequence[int], path: Pa
     plt.close(fig)
 
 
+def write_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        names = list(scores)
+        writer.writerow(names)
+        for values in zip(*(scores[n] for n in names)):
+            writer.writerow([int(v) if n in ("example_id", "user_id") else f"{v:.8g}" for n, v in zip(names, values)])
+
+
 def write_outputs(out: Path, summary: dict[str, Any], scores: dict[str, np.ndarray], ks: Sequence[int]) -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     metric_names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
@@ -549,12 +565,7 @@ def write_outputs(out: Path, summary: dict[str, Any], scores: dict[str, np.ndarr
             writer.writerow([method, row["num_users"], *[f"{row['metrics'][n]:.6f}" for n in metric_names],
                              f"{row['seconds']['selection']:.2f}", f"{row['seconds']['finetune']:.2f}",
                              f"{row['seconds']['evaluation']:.2f}", f"{row['train']['train_loss']:.5f}"])
-    with open(out / "scores.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        names = list(scores)
-        writer.writerow(names)
-        for values in zip(*(scores[n] for n in names)):
-            writer.writerow([int(v) if n in ("example_id", "user_id") else f"{v:.8g}" for n, v in zip(names, values)])
+    write_scores(out / "scores.csv", scores)
     (out / "timing.json").write_text(json.dumps(summary["timing"], indent=2))
     write_plot(summary["methods"], ks, out / "recall_ndcg.png")
 
@@ -607,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         scores["dealrec"] = combine_dealrec_scores(scores["influence"], scores["effort"], lam=lam,
                                                    normalize=pruning.normalize)
     scores["user_id"] = np.asarray(users["train"]["user_id"])
+    if state.is_main_process:
+        write_scores(out / "scores.csv", scores)
 
     # evaluation users and catalogue embeddings (base model, computed once)
     test_rows = users["test"]
