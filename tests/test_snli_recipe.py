@@ -66,6 +66,17 @@ def test_unknown_strategy_and_bad_selection(tmp_path):
         _run_main(recipe, tmp_path, "--selections", "el2n")
 
 
+def test_inconsistent_scoring_options(tmp_path):
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"--el2n_epoch 3 is after the end of the scoring runs \(1 epochs\)"):
+        _run_main(recipe, tmp_path, "--el2n_epoch", "3")
+    with pytest.raises(ValueError, match=r"--push_to_hub needs --hub_repo_id"):
+        _run_main(recipe, tmp_path, "--push_to_hub", "true")
+    with pytest.raises(ValueError, match=r"--num_score_checkpoints must be at least 2"):
+        _run_main(recipe, tmp_path, "--num_score_checkpoints", "1")
+    assert not (tmp_path / "out" / "scoring").exists()
+
+
 def test_unknown_yaml_key(tmp_path):
     recipe = _recipe()
     config = tmp_path / "bad.yaml"
