@@ -1181,17 +1181,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
 
     timer = PhaseTimer()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not training_args.use_cpu:
-        import torch
-
-        if not torch.cuda.is_available():  # torchrun/accelerate on a CPU-only machine: DDP over gloo
-            training_args.use_cpu = True
     _ = training_args.device  # sets up the process group from the training arguments
     state = PartialState()
     if state.num_processes != world_size:
         raise RuntimeError(
             f"Launched with WORLD_SIZE={world_size} but the process group has {state.num_processes} process(es). "
-            "On CPU use the torchrun launcher (recipes/accelerate/cpu_2proc.yaml) with --use_cpu true."
+            "On a CPU-only machine launch with recipes/accelerate/cpu_2proc.yaml and pass --use_cpu true (or set "
+            "ACCELERATE_USE_CPU=true)."
         )
     is_main = state.is_main_process
     push_dataset = bool(training_args.push_to_hub)
@@ -1286,7 +1282,21 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
     return payload
 
 
+def use_gloo_on_cpu_only_machines() -> None:
+    """Under torchrun/accelerate (WORLD_SIZE > 1) without a GPU, make the processes one DDP group over gloo.
+
+    Must run before the training arguments are parsed: they create the process group, and on a CPU-only machine
+    accelerate only forms a multi-process CPU group when asked for CPU (``ACCELERATE_USE_CPU``).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ACCELERATE_USE_CPU" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
+    use_gloo_on_cpu_only_machines()
     model_args, data_args, prune_args, training_args = parse_args(argv)
     return run(model_args, data_args, prune_args, training_args)
 
