@@ -601,8 +601,13 @@ def load_tokenizer(model_args: ModelArguments, model_path: str):
 def load_model(model_path: str, config, tokenizer, seed: int, quiet: bool = False):
     """A fresh classifier from ``model_path`` (the head is initialised from ``seed``).
 
+    Weights are loaded in float32 whatever the checkpoint's dtype (transformers >= 5 would otherwise keep e.g. a
+    float16 checkpoint in float16, and training float16 master weights under autocast diverges); mixed precision comes
+    from ``--bf16``/``--fp16`` autocast.
+
     ``quiet`` hides the loading report (the newly initialised head) after the first load.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification, set_seed
 
     set_seed(seed)
@@ -610,7 +615,7 @@ def load_model(model_path: str, config, tokenizer, seed: int, quiet: bool = Fals
     if quiet:
         logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
     finally:
         logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
