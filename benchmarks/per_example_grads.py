@@ -48,7 +48,9 @@ def build_minilm(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor],
 
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(packaged_minilm_path()), num_labels=3).to(device)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(packaged_minilm_path()), num_labels=3, dtype=torch.float32
+    ).to(device)
     return model, {}, "sequence_classification"
 
 

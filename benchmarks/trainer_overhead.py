@@ -71,7 +71,7 @@ def run_once(scoring: bool, model_path, state_dict, dataset, options) -> tuple[f
 
     from hf_influence import ScoringConfig, ScoringTrainer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3, dtype=torch.float32)
     model.load_state_dict(state_dict)
     timer = _Timer(options.warmup)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = build_dataset(options.batch_size * (options.warmup + options.steps), options.seq_len, tokenizer)
     torch.manual_seed(0)
-    state_dict = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3).state_dict()
+    state_dict = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=3, dtype=torch.float32
+    ).state_dict()
 
     ratios, cpu_ratios, plain_times, scoring_times = [], [], [], []
     for rep in range(options.reps):
