@@ -1,7 +1,8 @@
 """Per-example signals from logits and labels (pure torch, no Trainer).
 
 All signals are computed in float32 under ``torch.no_grad`` and returned as tensors of shape ``[batch_size]``.
-Polarity: higher ``loss``, ``el2n`` and ``entropy`` = harder; higher ``prob_gold``, ``margin`` and ``correct`` = easier.
+Polarity: higher ``loss``, ``el2n`` and ``entropy`` = harder; higher ``prob_gold``, ``margin`` and ``correct`` =
+easier.
 
 Definitions for one example with logits ``z`` (C classes), probabilities ``p = softmax(z)`` and gold class ``y``:
 
