@@ -118,7 +118,6 @@ SCORES: dict[str, ScoreSpec] = {
                   "TracIn self-influence summed over the N_c checkpoints of one run"),
     )
 }
-BASELINES = ("random", "full")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
