@@ -434,6 +434,12 @@ def sample_negatives(
     return draws
 
 
+def _left_pad(values: Sequence[int], max_len: int) -> list[int]:
+    """The last ``max_len`` ids, left-padded with 0 to ``max_len`` (how every SASRec input sequence is laid out)."""
+    values = [int(v) for v in values][-max_len:]
+    return [0] * (max_len - len(values)) + values
+
+
 @dataclass
 class SASRecCollator:
     """Left-pad SASRec features to ``max_len`` and draw one negative item per target position.
@@ -477,18 +483,14 @@ class SASRecCollator:
         key = [int(i) for i in feature["input_ids"]] + [int(i) for i in feature["labels"]]
         return np.random.default_rng([self.seed, len(key), *key])
 
-    def _pad(self, values: Sequence[int]) -> list[int]:
-        values = [int(v) for v in values][-self.max_len :]
-        return [0] * (self.max_len - len(values)) + values
-
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("SASRecCollator got an empty list of features.")
-        batch: dict[str, Any] = {"input_ids": [self._pad(f["input_ids"]) for f in features]}
+        batch: dict[str, Any] = {"input_ids": [_left_pad(f["input_ids"], self.max_len) for f in features]}
         if "labels" in features[0]:
             labels, negatives = [], []
             for feature in features:
-                padded = self._pad(feature["labels"])
+                padded = _left_pad(feature["labels"], self.max_len)
                 n_targets = sum(1 for v in padded if v > 0)
                 if "seen_item_ids" in feature:
                     exclude = feature["seen_item_ids"]
@@ -541,7 +543,7 @@ def rank_items(
         histories = rows["history_item_ids"]
         for start in range(0, len(histories), batch_size):
             encoded = [vocab.encode(h) for h in histories[start : start + batch_size]]
-            padded = [[0] * (max_len - len(h[-max_len:])) + h[-max_len:] for h in encoded]
+            padded = [_left_pad(h, max_len) for h in encoded]
             input_ids = torch.tensor(padded, dtype=torch.long, device=device)
             scores = model(input_ids=input_ids, return_item_scores=True, return_dict=True).logits
             if exclude_history:
