@@ -60,13 +60,21 @@ def classification_signals(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     """
     if logits.dim() != 2:
         raise ValueError(f"Expected classification logits of shape [batch, num_labels], got {tuple(logits.shape)}.")
-    num_labels = logits.shape[-1]
+    check_class_ids(labels, logits.shape[-1])
+    return token_signals(logits, labels)
+
+
+def check_class_ids(labels: torch.Tensor, num_labels: int) -> None:
+    """Check that every class id in ``labels`` lies in ``[0, num_labels)`` (an empty tensor passes).
+
+    Raises:
+        ValueError: naming the valid range and the labels' min and max, and how to fix it.
+    """
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
         raise ValueError(
             f"Labels must lie in [0, {num_labels}) for this model, got min {int(labels.min())} and max "
             f"{int(labels.max())}. Drop unlabelled rows or set num_labels to cover every class."
         )
-    return token_signals(logits, labels)
 
 
 @torch.no_grad()

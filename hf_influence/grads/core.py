@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import EXAMPLE_ID_COLUMN
+from ..signals import check_class_ids
 
 TASKS: tuple[str, ...] = ("sequence_classification", "causal_lm")
 LABEL_KEYS: tuple[str, ...] = ("labels", "label", "label_ids")
@@ -186,12 +187,8 @@ def per_example_losses(
                 f"shape {tuple(labels.shape)}. Check the label column (label_column=...)."
             )
         labels = labels.long()
-        num_labels = logits.shape[-1]
-        if check and labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
-            raise ValueError(
-                f"Labels must lie in [0, {num_labels}) for this model, got min {int(labels.min())} and max "
-                f"{int(labels.max())}. Drop unlabelled rows or set num_labels to cover every class."
-            )
+        if check:
+            check_class_ids(labels, logits.shape[-1])
         losses = F.cross_entropy(logits.float(), labels, reduction="none")
         return losses, torch.ones_like(losses, dtype=torch.bool)
     if task == "causal_lm":
