@@ -289,7 +289,7 @@ class _PromptTokenizer:
                 input_ids.append(self.eos)
             labels = list(input_ids)
             if not self.train_on_inputs:
-                n_prompt = len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+                n_prompt = _token_count(self.tokenizer, prompt)
                 labels[:n_prompt] = [IGNORE_INDEX] * min(n_prompt, len(labels))
             truncated = len(input_ids) > self.max_tokens
             input_ids, labels = input_ids[: self.max_tokens], labels[: self.max_tokens]
