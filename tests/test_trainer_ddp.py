@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SCRIPT = textwrap.dedent(
     '''
@@ -61,19 +63,36 @@ def _run(command, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def test_two_processes_record_each_example_once_per_epoch(tmp_path):
+ACCELERATE_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
+
+
+@pytest.fixture(scope="module")
+def single_process_records(tmp_path_factory):
+    """The 1-process reference run (shared by both launchers)."""
+    folder = tmp_path_factory.mktemp("single")
+    script = folder / "run.py"
+    script.write_text(SCRIPT)
+    _run([sys.executable, str(script), str(folder / "out")], folder)
+    return pd.read_csv(folder / "out" / "records.csv")
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_record_each_example_once_per_epoch(tmp_path, launcher, single_process_records):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    _run([sys.executable, str(script), str(tmp_path / "single")], tmp_path)
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-          str(script), str(tmp_path / "ddp")], tmp_path)
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    else:  # `accelerate launch` with the recipes' 2-process CPU config (torchrun launcher, gloo on CPU)
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+                   "--main_process_port", str(port)]
+    _run([*command, str(script), str(tmp_path / "ddp")], tmp_path)
     from hf_influence.store import SignalStore
 
     assert SignalStore.load(tmp_path / "ddp" / "signals").metadata["config"]["world_size"] == 2
-    single = pd.read_csv(tmp_path / "single" / "records.csv")
+    single = single_process_records
     ddp = pd.read_csv(tmp_path / "ddp" / "records.csv")
     key = ["example_id", "epoch"]
     assert not ddp.duplicated(key).any(), "a sample repeated by even_batches was recorded twice"
