@@ -298,6 +298,20 @@ def pad_batch(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+
+def _single_threaded_worker() -> None:
+    """Run torch single-threaded in a `Dataset.map(num_proc=...)` worker process on CPU.
+
+    The workers are forked from a parent whose OpenMP thread pool may already be running; a forked child that then
+    enters a multi-threaded region waits forever on the parent's (absent) threads. One thread per worker avoids that
+    deadlock, and `num_proc` workers already use the cores.
+    """
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 class Scorer:
     """Base class of every scorer: adds ONE float32 column to a dataset with `Dataset.map(batched=True)`.
 
@@ -420,6 +434,8 @@ class Scorer:
     def _map_fn(self, batch: dict[str, list], rank: int | None = None) -> dict[str, np.ndarray]:
         if rank is not None or self._active_device is None:
             self._active_device = self._resolve_device(rank)
+            if rank is not None and self._active_device.type == "cpu":
+                _single_threaded_worker()
         num_rows = len(next(iter(batch.values()))) if batch else 0
         values = np.asarray(self.score_batch(batch), dtype=np.float32).reshape(-1)
         if values.shape[0] != num_rows:
