@@ -29,6 +29,10 @@ _EXPORTS: dict[str, str] = {
     "projected_gradients": "hf_influence.grads",
     "write_projected_gradients": "hf_influence.grads",
     "load_projected_gradients": "hf_influence.grads",
+    "hvp": "hf_influence.grads.hvp",
+    "lissa_inverse_hvp": "hf_influence.grads.hvp",
+    "conjugate_gradient_inverse_hvp": "hf_influence.grads.hvp",
+    "exact_inverse_hvp": "hf_influence.grads.hvp",
     # normalisation, selection, noise
     "class_zscore": "hf_influence.normalization",
     "dataset_zscore": "hf_influence.normalization",
@@ -43,6 +47,11 @@ _EXPORTS: dict[str, str] = {
     "list_scorers": "hf_influence.scorers",
     "register_scorer": "hf_influence.scorers",
     "Scorer": "hf_influence.scorers",
+    "InfluenceScorer": "hf_influence.scorers.influence",
+    "EffortScorer": "hf_influence.scorers.effort",
+    # sequential recommendation (DEALRec)
+    "combine_dealrec_scores": "hf_influence.rec.dealrec",
+    "select_dealrec": "hf_influence.rec.dealrec",
     # plots, cards, hub
     "plot_data_map": "hf_influence.plots",
     "plot_score_histograms": "hf_influence.plots",
