@@ -21,7 +21,7 @@ Copy-paste commands (run from the repository root):
     # CI-sized smoke run: a tiny random Llama with the real SmolLM2 tokenizer, a few hundred Games users (~1-2 min)
     python recipes/rec_fewshot_lora.py --config recipes/configs/rec_tiny.yaml --output_dir runs/rec_tiny
 
-    # CPU-sized run with the packaged SmolLM2-135M-Instruct (offline; see recipes/DEALREC.md for the measured time)
+    # CPU-sized run with the packaged SmolLM2-135M-Instruct (offline; measured time in recipes/README.md)
     python recipes/rec_fewshot_lora.py --config recipes/configs/rec_cpu.yaml --output_dir runs/rec_cpu
 
     # the same on a GPU (scoring, generation and fine-tuning on cuda:0)
