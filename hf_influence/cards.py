@@ -14,6 +14,7 @@ import importlib.resources
 import json
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
@@ -296,10 +297,26 @@ def _selection_view(selection: Mapping[str, Any] | None) -> dict[str, Any] | Non
     return {"scalars": scalars, "tables": tables}
 
 
+def _template_text(name: str) -> str:
+    """A card template: from the installed ``hf_influence.model_cards`` package (wheel or editable install), else from
+    the repository's top-level ``model_cards/`` folder when the source tree itself is on ``sys.path`` (e.g.
+    ``python -m pytest`` in a checkout whose package was installed non-editable)."""
+    try:
+        return importlib.resources.files("hf_influence.model_cards").joinpath(name).read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        source_tree_copy = Path(__file__).resolve().parents[1] / "model_cards" / name
+        if source_tree_copy.is_file():
+            return source_tree_copy.read_text(encoding="utf-8")
+        raise FileNotFoundError(
+            f"Card template {name!r} not found: the package 'hf_influence.model_cards' is missing. Reinstall "
+            "hf_influence (pip install .) so that its templates are installed."
+        ) from None
+
+
 def _template(name: str) -> Any:
     import jinja2
 
-    text = importlib.resources.files("hf_influence.model_cards").joinpath(name).read_text(encoding="utf-8")
+    text = _template_text(name)
     env = jinja2.Environment(keep_trailing_newline=True, autoescape=False, undefined=jinja2.StrictUndefined)
     env.filters["md"] = _md_cell
     return env.from_string(text)
