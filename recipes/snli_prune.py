@@ -1302,7 +1302,13 @@ def use_gloo_on_cpu_only_machines() -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     use_gloo_on_cpu_only_machines()
     model_args, data_args, prune_args, training_args = parse_args(argv)
-    return run(model_args, data_args, prune_args, training_args)
+    try:
+        return run(model_args, data_args, prune_args, training_args)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # a rank that exits with the gloo group still up can abort at exit
 
 
 if __name__ == "__main__":

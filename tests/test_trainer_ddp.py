@@ -53,6 +53,9 @@ SCRIPT = textwrap.dedent(
     if trainer.is_world_process_zero():
         trainer.signal_store.records().to_csv(sys.argv[1] + "/records.csv", index=False)
         trainer.signal_store.dense_records().to_csv(sys.argv[1] + "/dense.csv", index=False)
+    if torch.distributed.is_initialized():  # tear down gloo before exit (an abrupt exit can abort a rank)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     '''
 )
 
