@@ -30,6 +30,8 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .config_files import apply_yaml_defaults, split_config_flag
+
 logger = logging.get_logger(__name__)
 
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -153,36 +155,17 @@ def parse_command_args(command: str, args: Sequence[str]) -> tuple[Any, ...]:
     Returns:
         `tuple`: one instance per dataclass of the command.
     """
-    import yaml
     from transformers import HfArgumentParser
 
     description, types = COMMANDS[command]
     parser = HfArgumentParser(types, prog=f"hf-influence {command}", description=description)
     parser.add_argument("--config", type=str, default=None, help="YAML file of option values (CLI overrides it).")
-    args = list(args)
-    config_path = None
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise CLIError("--config needs a YAML file path.")
-        config_path = args[i + 1]
-        del args[i : i + 2]
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise CLIError(f"--config file {config_path} does not exist.")
-        config = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(config, dict):
-            raise CLIError(f"--config {config_path} must hold a mapping of option names to values.")
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            valid = sorted(known - {"help", "config"})
-            raise CLIError(f"Unknown option(s) {unknown} in {config_path}. Valid options: {valid}.")
-        for action in parser._actions:
-            if action.dest in config:
-                action.required = False
-        parser.set_defaults(**config)
+    try:
+        config_path, args = split_config_flag(args)
+        if config_path is not None:
+            apply_yaml_defaults(parser, config_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise CLIError(str(error)) from error
     return tuple(parser.parse_args_into_dataclasses(args=args))[: len(types)]  # drop the namespace of --config
 
 

@@ -42,7 +42,6 @@ process and generation/evaluation and all writes happen on the main process.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
@@ -61,6 +60,8 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
+
+from hf_influence.config_files import apply_yaml_defaults, split_config_flag
 
 logger = logging.get_logger("rec_fewshot_lora")
 
@@ -214,28 +215,11 @@ def build_parser() -> HfArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse flags, with defaults from ``--config`` (a YAML mapping of flag names to values)."""
-    import yaml
-
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        path = Path(known.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path} does not exist; see recipes/configs/rec_*.yaml.")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"--config {path} must be a YAML mapping of flags, got {type(values).__name__}.")
-        valid = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"Unknown key(s) {unknown} in {path}; every key must be a flag of this recipe (--help).")
-        parser.set_defaults(**values)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
+    config_path, _ = split_config_flag(argv)
+    if config_path:
+        apply_yaml_defaults(parser, config_path, hint="See recipes/configs/rec_*.yaml.")
     return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
 
 

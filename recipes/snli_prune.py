@@ -34,7 +34,6 @@ its model card), ``timing.json`` (seconds per phase) and a summary table printed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -50,6 +49,8 @@ from typing import Any
 import numpy as np
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.utils import logging
+
+from hf_influence.config_files import apply_yaml_defaults, split_config_flag
 
 logger = logging.get_logger("snli_prune")
 
@@ -342,30 +343,11 @@ def parse_args(argv: Sequence[str] | None = None):
     Returns:
         `tuple`: (ModelArguments, DataArguments, PruningArguments, ScoringConfig).
     """
-    import yaml
-
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=str, default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        path = Path(known.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config file {path} does not exist. See recipes/configs/ for the profiles.")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"--config file {path} must hold a YAML mapping of flags, got {type(values).__name__}.")
-        valid = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown key(s) {unknown} in {path}. Every key must be a flag of this recipe (see --help)."
-            )
-        parser.set_defaults(**values)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
+    config_path, _ = split_config_flag(argv)
+    if config_path:
+        apply_yaml_defaults(parser, config_path, hint="See recipes/configs/ for the profiles.")
     outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     return tuple(outputs[:4])
 

@@ -81,7 +81,7 @@ def test_unknown_yaml_key(tmp_path):
     recipe = _recipe()
     config = tmp_path / "bad.yaml"
     config.write_text(SMOKE.read_text() + "learning_rte: 0.1\n")
-    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['learning_rte'\]"):
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['learning_rte'\]"):
         recipe.main(["--config", str(config), "--output_dir", str(tmp_path / "out")])
 
 

@@ -1,0 +1,68 @@
+"""YAML ``--config`` files for `HfArgumentParser` command lines (the `hf-influence` CLI and the recipes).
+
+A config file is a YAML mapping of option names to values. It sets the parser's defaults, so any flag given on the
+command line still overrides it, and an option that the file provides is no longer required on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Take ``--config PATH`` (or ``--config=PATH``) out of ``argv``.
+
+    Returns:
+        `tuple`: the config path (or None) and the remaining arguments.
+
+    Raises:
+        ValueError: if ``--config`` is given without a path.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    args = list(argv)
+    if args and args[-1] == "--config":
+        raise ValueError("--config needs a YAML file path.")
+    known, rest = pre.parse_known_args(args)
+    return known.config, rest
+
+
+def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str | Path, *, hint: str = "") -> dict[str, Any]:
+    """Set ``parser``'s defaults from the YAML mapping in ``path``.
+
+    Args:
+        parser (`argparse.ArgumentParser`): typically an `HfArgumentParser`.
+        path (`str` or `Path`): the YAML file.
+        hint (`str`, *optional*): appended to error messages (e.g. where the example profiles live).
+
+    Returns:
+        `dict`: the values read.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a mapping, or names options the parser does not have (the valid ones are listed).
+    """
+    import yaml
+
+    path = Path(path)
+    suffix = f" {hint}" if hint else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"--config file {path} does not exist.{suffix}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"--config file {path} must hold a YAML mapping of option names to values, got {type(values).__name__}."
+        )
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        valid = sorted(known - {"help", "config"})
+        raise ValueError(f"Unknown option(s) {unknown} in {path}. Valid options: {valid}.{suffix}")
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False
+    parser.set_defaults(**values)
+    return values
