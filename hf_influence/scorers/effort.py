@@ -157,7 +157,6 @@ class EffortScorer(Scorer):
         if pad is None:
             pad = getattr(config, "eos_token_id", None)
         self.pad_token_id = int(pad[0] if isinstance(pad, (list, tuple)) else pad) if pad is not None else 0
-        self._fingerprint: str | None = None
 
     def config_dict(self) -> dict[str, Any]:
         config = super().config_dict()
@@ -166,9 +165,9 @@ class EffortScorer(Scorer):
         return config
 
     def checkpoint_fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model)
-        return self._fingerprint
+        # re-hashed on every call, as ModelOutputScorer does for in-memory models: a model trained further between
+        # two calls must not be served stale scores from the datasets cache
+        return model_fingerprint(self.model)
 
     @property
     def num_scope_parameters(self) -> int:

@@ -280,7 +280,6 @@ class InfluenceScorer(Scorer):
         self.mean_gradient: torch.Tensor | None = None
         self.solver_info: InverseHVPInfo | None = None
         self._train_fingerprint: str | None = None
-        self._model_fingerprint: str | None = None
 
     # ---- configuration -------------------------------------------------------------------------------------------
 
@@ -315,9 +314,9 @@ class InfluenceScorer(Scorer):
             self.solver_info = saved
 
     def checkpoint_fingerprint(self) -> str:
-        if self._model_fingerprint is None:
-            self._model_fingerprint = model_fingerprint(self.model)
-        return self._model_fingerprint
+        # re-hashed on every call, as ModelOutputScorer does for in-memory models: a model trained further between
+        # two calls must not be served stale scores from the datasets cache
+        return model_fingerprint(self.model)
 
     @property
     def num_scope_parameters(self) -> int:
