@@ -5,10 +5,17 @@ and a tiny Llama with LoRA adapters (causal LM, adapters trainable). Methods, me
 interleaved (round-robin) repetitions; medians reported as ratios to the plain step:
 
 - ``plain``: one forward + backward of the summed per-example losses (a training step, eval mode, weight grads).
-- ``norms_only``: ``per_example_grad_norms`` (parameters frozen, no weight-gradient products, no ``.grad``).
+- ``norms_only``: a ``PerExampleGradNorms`` built once and called per batch, as the scorers do (parameters frozen,
+  no weight-gradient products, no ``.grad``).
+- ``norms_oneshot``: ``per_example_grad_norms`` (the same, plus building the hook plan on every call).
 - ``collector``: a plain step wrapped in ``GhostNormCollector`` (in-training GraNd: norms from the training backward).
 - ``naive``: one forward + backward per example at batch size 1.
 - ``vmap``: ``torch.func.vmap(grad(...))`` over ``functional_call`` (``--vmap-chunk`` examples at a time) + norms.
+
+``tiny_bert`` (a 6-layer BERT of width 32, random weights) run at a small batch (``--batch-size 4 --seq-len 16``) is an
+overhead-bound proxy: its compute is negligible, so its ratios measure what each method adds in Python and per-op
+dispatch, the regime of a launch-bound GPU step. Each table also gives the number of compute (non-view) aten ops per
+call, a hardware-independent count of kernel launches, and of ops that force a device-to-host sync.
 
 Peak memory is the increase over the pre-call level during one call: ``torch.cuda.max_memory_allocated`` on CUDA; on
 CPU the process RSS sampled every millisecond in a child process started with ``MALLOC_MMAP_THRESHOLD_=65536`` (so
@@ -20,6 +27,7 @@ Usage::
     python benchmarks/per_example_grads.py                       # CPU, batch 32, seq 128, 5 repetitions
     python benchmarks/per_example_grads.py --reps 3 --models minilm
     python benchmarks/per_example_grads.py --device cuda --reps 10
+    python benchmarks/per_example_grads.py --models tiny_bert --batch-size 4 --seq-len 16 --reps 30 --threads 1
 """
 
 from __future__ import annotations
@@ -35,8 +43,15 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from hf_influence.grads import GhostNormCollector, per_example_grad_norms, per_example_losses, select_parameters
+from hf_influence.grads import (
+    GhostNormCollector,
+    PerExampleGradNorms,
+    per_example_grad_norms,
+    per_example_losses,
+    select_parameters,
+)
 from hf_influence.grads.core import prepare_batch, scoring_mode
 from hf_influence.grads.ghost import fallback_sq_norms
 
@@ -54,6 +69,15 @@ def build_minilm(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor],
     return model, {}, "sequence_classification"
 
 
+def build_tiny_bert(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=1,
+                        intermediate_size=128, num_labels=3)
+    return BertForSequenceClassification(config).to(device), {}, "sequence_classification"
+
+
 def build_llama_lora(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -68,6 +92,9 @@ def build_llama_lora(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tens
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
     return model.to(device), {}, "causal_lm"
+
+
+BUILDERS = {"minilm": build_minilm, "llama_lora": build_llama_lora, "tiny_bert": build_tiny_bert}
 
 
 def make_batch(model: torch.nn.Module, task: str, batch_size: int, seq_len: int, device: str) -> dict:
@@ -119,6 +146,32 @@ def vmap_norms(model, batch, task, chunk):
         return fallback_sq_norms(model, params, inputs, labels, task, losses, chunk_size=chunk).sqrt()
 
 
+VIEW_OPS = {"view", "t", "transpose", "detach", "slice", "select", "expand", "unsqueeze", "squeeze", "reshape",
+            "_unsafe_view", "_reshape_alias", "as_strided", "alias", "permute", "split", "unbind", "lift_fresh"}
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
+            "is_nonzero", "item"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the compute (non-view) aten ops of a call, and those that force a device-to-host sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compute = self.sync = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.compute += name not in VIEW_OPS
+        self.sync += name in SYNC_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable) -> tuple[int, int]:
+    with OpCounter() as counter:
+        fn()
+    return counter.compute, counter.sync
+
+
 class PeakMemory:
     """Peak increase of CUDA allocated memory, or of the process RSS sampled every millisecond on CPU (bytes)."""
 
@@ -161,13 +214,15 @@ class PeakMemory:
 
 
 def build_methods(name: str, args: argparse.Namespace) -> tuple[dict[str, Callable], str, int]:
-    model, _, task = {"minilm": build_minilm, "llama_lora": build_llama_lora}[name](args.device)
+    model, _, task = BUILDERS[name](args.device)
     model.eval()  # dropout off for every method (the per-example gradients are then well defined)
     batch = make_batch(model, task, args.batch_size, args.seq_len, args.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    grad_norms = PerExampleGradNorms(model, task=task)
     methods: dict[str, Callable] = {
         "plain": lambda: plain_step(model, batch, task),
-        "norms_only": lambda: per_example_grad_norms(model, batch, task=task),
+        "norms_only": lambda: grad_norms(batch),
+        "norms_oneshot": lambda: per_example_grad_norms(model, batch, task=task),
         "collector": lambda: collector_step(model, batch, task),
     }
     if not args.skip_naive:
@@ -212,6 +267,7 @@ def run_model(name: str, args: argparse.Namespace) -> str:
         if value is not None:
             results[method] = value.detach().float().cpu()
     reference = results["norms_only"]
+    ops = {method: count_ops(fn) for method, fn in methods.items() if method not in ("naive", "vmap")}
     agreement = {m: ((v - reference).abs() / reference).max().item() for m, v in results.items() if m != "norms_only"}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(args.reps):  # interleaved repetitions
@@ -228,14 +284,15 @@ def run_model(name: str, args: argparse.Namespace) -> str:
         f"{args.device}, {args.reps} reps, {torch.get_num_threads()} threads)",
         "",
         "| method | median time (ms) | x plain fwd+bwd | peak mem increase (MB) | x plain step "
-        "| max rel diff vs norms_only |",
-        "|---|---|---|---|---|---|",
+        "| max rel diff vs norms_only | compute ops / call | sync ops / call |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         t = statistics.median(times[method])
         diff = "-" if method in ("plain", "norms_only") else f"{agreement.get(method, float('nan')):.1e}"
-        lines.append(f"| {method} | {t * 1e3:.1f} | {t / plain_t:.2f} | {memory[method] / 2**20:.1f} | "
-                     f"{memory[method] / plain_m:.2f} | {diff} |")
+        compute, syncs = ops.get(method, ("-", "-"))
+        lines.append(f"| {method} | {t * 1e3:.2f} | {t / plain_t:.2f} | {memory[method] / 2**20:.1f} | "
+                     f"{memory[method] / plain_m:.2f} | {diff} | {compute} | {syncs} |")
     norms_t = statistics.median(times["norms_only"])
     ratios = [f"norms_only is {statistics.median(times[o]) / norms_t:.2f}x faster than {o}"
               for o in ("naive", "vmap") if o in times]
@@ -250,7 +307,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--models", default="minilm,llama_lora", help="comma-separated: minilm, llama_lora")
+    parser.add_argument("--models", default="minilm,llama_lora", help=f"comma-separated: {', '.join(BUILDERS)}")
     parser.add_argument("--vmap-chunk", type=int, default=8)
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-vmap", action="store_true")
@@ -259,8 +316,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = args.models.split(",")
     for name in names:
-        if name not in ("minilm", "llama_lora"):
-            raise SystemExit(f"Unknown model {name!r}; choose from minilm, llama_lora.")
+        if name not in BUILDERS:
+            raise SystemExit(f"Unknown model {name!r}; choose from {', '.join(BUILDERS)}.")
     if args.memory_json:
         print(json.dumps(measure_memory(build_methods(names[0], args)[0], args.device)))
         return

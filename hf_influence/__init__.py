@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "SignalStore": "hf_influence.store",
     # per-example gradients
     "per_example_grad_norms": "hf_influence.grads",
+    "PerExampleGradNorms": "hf_influence.grads",
     "GhostNormCollector": "hf_influence.grads",
     "input_embedding_gradients": "hf_influence.grads",
     "GradientProjector": "hf_influence.grads",

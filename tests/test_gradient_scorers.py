@@ -113,3 +113,19 @@ def test_errors(tmp_path):
         GraNdScorer(model, params="nothing_like_this")(dataset)
     with pytest.raises(ValueError, match="label"):
         GraNdScorer(model)(dataset.remove_columns("label"))
+
+
+def test_grand_reuses_hook_plans_and_pickles_for_workers():
+    """The per-model hook plan is cached between map batches but never shipped to num_proc workers."""
+    import dill
+
+    dataset = random_classification_dataset(n=12, seed=6)
+    model = bert(6)
+    scorer = GraNdScorer(model, batch_size=4, device="cpu")
+    first = np.asarray(list(scorer(dataset)["grand"]))
+    assert len(scorer._grad_norms) == 1  # one plan for the one cached checkpoint, reused for the 3 batches
+    clone = dill.loads(dill.dumps(scorer))
+    assert clone._grad_norms == {} and len(scorer._grad_norms) == 1
+    in_workers = np.asarray(list(scorer(dataset, num_proc=2, load_from_cache_file=False)["grand"]))
+    np.testing.assert_allclose(in_workers, first, rtol=1e-6)
+    np.testing.assert_allclose(first, np.sqrt(naive_sq_norms_rows(model, dataset)), rtol=1e-5)

@@ -310,3 +310,129 @@ def test_errors():
     with pytest.raises(ValueError, match="called twice"):
         per_example_grad_norms(toy, {"input_ids": torch.randint(0, 20, (3, 4)), "labels": torch.tensor([0, 1, 0])})
     assert all(p.requires_grad for p in toy.parameters())  # flags restored after the error
+
+
+# ---- per-layer rules in isolation, and the reusable PerExampleGradNorms ---------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
+def test_linear_rule_weight_and_bias_terms_match_explicit(monkeypatch, chunk_bytes):
+    """Gram form (bias folded in as a column of ones), instantiation (bias in its own slot), T=1, bias only."""
+    monkeypatch.setattr(ghost_module, "_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(11)
+    for seq, d, p in [(3, 40, 50), (30, 6, 5), (1, 7, 3), (1, 5, 1)]:
+        a, b = torch.randn(5, seq, d, generator=g), torch.randn(5, seq, p, generator=g)
+        weight_sq = torch.stack([(b[i].T @ a[i]).square().sum() for i in range(5)])
+        bias_sq = b.sum(1).square().sum(-1)
+        for weight, bias, expected in [(True, True, weight_sq + bias_sq), (True, False, weight_sq),
+                                       (False, True, bias_sq)]:
+            out = torch.zeros(2, 5)
+            ghost_module.linear_sq_norms_into(a, b, out, weight=weight, bias=bias)
+            assert_close(out.sum(0), expected)
+
+
+@pytest.mark.parametrize("gram_max_seq", [0, 1024])
+def test_embedding_rule_masked_gram_and_segment_sums_match_dense_gradients(monkeypatch, gram_max_seq):
+    monkeypatch.setattr(ghost_module, "_EMBEDDING_GRAM_MAX_SEQ", gram_max_seq)
+    g = torch.Generator().manual_seed(12)
+    ids = torch.randint(0, 6, (4, 9), generator=g)  # few ids: many repeats within an example
+    ids[1, 5:] = 0  # padding tail
+    b = torch.randn(4, 9, 3, generator=g)
+    for padding_idx in (None, 0):
+        dense = []
+        for i in range(4):
+            grad = torch.zeros(6, 3).index_add_(0, ids[i], b[i])
+            if padding_idx is not None:
+                grad[padding_idx] = 0.0
+            dense.append(grad.square().sum())
+        assert_close(ghost_module.embedding_sq_norms(ids, b, 6, padding_idx), torch.stack(dense))
+
+
+@pytest.mark.parametrize("gram_max_seq", [0, 1024])
+def test_bert_and_gpt2_with_both_embedding_rules(monkeypatch, gram_max_seq):
+    from transformers import BertForSequenceClassification, GPT2LMHeadModel
+
+    monkeypatch.setattr(ghost_module, "_EMBEDDING_GRAM_MAX_SEQ", gram_max_seq)
+    torch.manual_seed(13)
+    bert = BertForSequenceClassification(tiny_bert_config()).eval()
+    batch = make_batch(97, seed=13, token_types=True)
+    batch["labels"] = torch.tensor([2, 0, 1, 1, 2, 0])
+    assert_close(per_example_grad_norms(bert, batch, squared=True),
+                 naive_sq_norms(bert, batch, list(bert.parameters()), "cls"))
+    gpt2 = GPT2LMHeadModel(tiny_gpt2_config()).eval()
+    batch = make_batch(gpt2.config.vocab_size, seed=13)
+    batch["labels"] = lm_labels(batch)
+    assert_close(per_example_grad_norms(gpt2, batch, squared=True),
+                 naive_sq_norms(gpt2, batch, list(gpt2.parameters()), "lm"))
+
+
+def test_reusable_grad_norms_follow_weight_updates_and_restore_modes():
+    from transformers import BertForSequenceClassification
+
+    from hf_influence.grads import PerExampleGradNorms
+
+    torch.manual_seed(14)
+    model = BertForSequenceClassification(tiny_bert_config())
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)  # a partly frozen model: the default selection is the trainable rest
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norms = PerExampleGradNorms(model)
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    for seed in (14, 15):
+        batch = make_batch(97, seed=seed, token_types=True)
+        batch["labels"] = torch.tensor([0, 2, 1, 1, 0, 2])
+        model.train()
+        ours = grad_norms(batch, squared=True)
+        assert model.training and model.bert.encoder.layer[0].training  # mode restored
+        assert [p.requires_grad for p in model.parameters()].count(True) == len(trainable)  # flags restored
+        assert all(p.grad is None for p in model.parameters())
+        assert_close(ours, naive_sq_norms(model, batch, trainable, "cls"))
+        assert_close(ours, per_example_grad_norms(model, batch, squared=True))
+        # a training step between the calls: the same object must see the new weights
+        loss = F.cross_entropy(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
+            "is_nonzero", "item"}
+
+
+def count_sync_ops(fn) -> int:
+    """Number of aten ops whose result needs a device-to-host copy (on a GPU they stall the launch queue)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in SYNC_OPS:
+                Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.count
+
+
+def test_norm_rules_add_no_host_sync():
+    """The hooks' math must not sync (no unique/nonzero/item): the only syncs are those of the model's own forward
+    and loss, counted on the same batch without hooks."""
+    from transformers import BertForSequenceClassification
+
+    from hf_influence.grads import PerExampleGradNorms, per_example_losses
+
+    torch.manual_seed(16)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    batch = make_batch(97, seed=16, token_types=True)
+    batch["labels"] = torch.tensor([0, 2, 1, 1, 0, 2])
+    grad_norms = PerExampleGradNorms(model)
+
+    def forward_and_loss():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        per_example_losses(logits, batch["labels"], "sequence_classification")[0].sum().backward()
+
+    baseline = count_sync_ops(forward_and_loss)
+    model.zero_grad(set_to_none=True)
+    assert count_sync_ops(lambda: grad_norms(batch)) == baseline

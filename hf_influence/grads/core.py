@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -208,22 +208,46 @@ def per_example_losses(
     raise ValueError(f"Unknown task {task!r}; valid tasks are {', '.join(map(repr, TASKS))}.")
 
 
-@contextmanager
-def scoring_mode(model: nn.Module, freeze: bool = True) -> Iterator[None]:
-    """Eval mode (dropout off) and, with `freeze`, `requires_grad=False` on every parameter; both restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    model.eval()
-    if freeze:
-        for param, _ in flags:
+class ScoringMode:
+    """Eval mode (dropout off) and optionally frozen parameters for one model, as a reusable context factory.
+
+    The module and parameter lists are collected once, and only the modules still in training mode and the parameters
+    still requiring grad are switched (and switched back), so entering it costs next to nothing when the model is
+    already in eval mode: it matters when it wraps every batch of a scorer.
+
+    Example:
+        ```python
+        >>> mode = ScoringMode(model)
+        >>> with mode(freeze=True):
+        ...     ...  # model.eval(), every parameter requires_grad=False; both restored on exit
+        ```
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._modules = list(model.modules())
+        self._params = list(model.parameters())
+
+    @contextmanager
+    def __call__(self, freeze: bool = True) -> Iterator[None]:
+        training = [module for module in self._modules if module.training]
+        if training:
+            self.model.eval()
+        frozen = [param for param in self._params if param.requires_grad] if freeze else []
+        for param in frozen:
             param.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-        for module, mode in modes:
-            module.training = mode
+        try:
+            yield
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+            for module in training:
+                module.training = True
+
+
+def scoring_mode(model: nn.Module, freeze: bool = True) -> AbstractContextManager[None]:
+    """Eval mode (dropout off) and, with `freeze`, `requires_grad=False` on every parameter; both restored after."""
+    return ScoringMode(model)(freeze)
 
 
 def collate_for_gradients(

@@ -33,22 +33,23 @@ touched; the cost is a forward, the activation backward and the norm terms.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.utils import logging
 
 from .core import (
     ParamSpec,
+    ScoringMode,
     infer_task,
     per_example_losses,
     prepare_batch,
-    scoring_mode,
     select_parameters,
 )
 
@@ -174,41 +175,91 @@ def build_plan(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Per-layer math (shared by the norms-only path and the in-training collector)
+#
+# Every term is written straight into a row of the engine's `[num_slots, B]` buffer (`out=`), summed once at the end:
+# on a GPU the step is launch-bound at typical batch sizes, so each rule is a handful of kernels with no host sync.
 # ----------------------------------------------------------------------------------------------------------------
+
+#: Embedding layers use the masked Gram form (no sort, no device sync) up to this sequence length, segment sums above.
+_EMBEDDING_GRAM_MAX_SEQ = 1024
 
 
 def _chunk(batch_size: int, bytes_per_example: int) -> int:
     return max(1, min(batch_size, _CHUNK_BYTES // max(1, bytes_per_example)))
 
 
-def linear_weight_sq_norms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`||B_i^T A_i||_F^2` per example for inputs `a` `[B, T, d]` and output gradients `b` `[B, T, p]` (float32).
+@functools.lru_cache(maxsize=16)
+def _one(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A cached scalar 1 (the `+ 1` of the folded bias term) so that no fill kernel is launched per layer."""
+    return torch.ones((), dtype=dtype, device=device)
 
-    Gram form when `T (p + d) <= p d` (fewer FLOPs), else instantiation; both in chunks of examples of bounded memory.
+
+def _rowwise_dot(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
+    """`out[i] = <x[i], y[i]>` for `[n, ...]` tensors: one batched matrix-vector product written into `out` `[n]`."""
+    n = x.shape[0]
+    torch.bmm(x.reshape(n, 1, -1), y.reshape(n, -1, 1), out=out.view(n, 1, 1))
+
+
+def linear_sq_norms_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, weight: bool = True,
+                         bias: bool = False) -> None:
+    """Per-example squared norms of a Linear layer's weight (and bias) gradient, written into `out` `[2, B]`.
+
+    `a` `[B, T, d]` are the inputs, `b` `[B, T, p]` the output gradients (float32). With `weight`, `out[0]` gets
+    `||B_i^T A_i||_F^2` by the Gram form `<A_i A_i^T, B_i B_i^T>` when `T (p + d) <= p d` (fewer FLOPs), else by
+    instantiating `B_i^T A_i`, both in chunks of examples of bounded memory. With `bias`, the bias term
+    `||sum_t b_it||^2` is folded into the Gram form (`A_i A_i^T + 1`, i.e. a column of ones appended to `A_i`) and
+    otherwise written to `out[1]`.
     """
     batch, seq, d = a.shape
     p = b.shape[-1]
-    if seq == 1:
-        return a.square().sum((1, 2)) * b.square().sum((1, 2))
-    out = []
+    if not weight or (bias and seq * (p + d) > p * d):
+        if bias:
+            summed = b.sum(1)
+            _rowwise_dot(summed, summed, out[1])
+        if not weight:
+            return
+        bias = False
     if seq * (p + d) <= p * d:
         step = _chunk(batch, 2 * seq * seq * 4)
+        one = _one(a.device, a.dtype) if bias else None
         for s in range(0, batch, step):
             aa, bb = a[s : s + step], b[s : s + step]
-            out.append((torch.bmm(aa, aa.transpose(1, 2)) * torch.bmm(bb, bb.transpose(1, 2))).sum((1, 2)))
+            gram_a = torch.baddbmm(one, aa, aa.transpose(1, 2)) if bias else torch.bmm(aa, aa.transpose(1, 2))
+            _rowwise_dot(gram_a, torch.bmm(bb, bb.transpose(1, 2)), out[0, s : s + step])
     else:
         step = _chunk(batch, p * d * 4)
         for s in range(0, batch, step):
             grads = torch.bmm(b[s : s + step].transpose(1, 2), a[s : s + step])
-            out.append(grads.square().sum((1, 2)))
-    return torch.cat(out)
+            _rowwise_dot(grads, grads, out[0, s : s + step])
 
 
-def embedding_sq_norms(
-    ids: torch.Tensor, b: torch.Tensor, num_embeddings: int, padding_idx: int | None
-) -> torch.Tensor:
-    """`sum_v ||sum_{t: x_it = v} b_it||^2` per example by segment sums; `ids` `[B, T]`, `b` `[B, T, d]` float32."""
-    batch = ids.shape[0]
+def linear_weight_sq_norms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`||B_i^T A_i||_F^2` per example for inputs `a` `[B, T, d]` and output gradients `b` `[B, T, p]` (float32)."""
+    out = torch.zeros(2, a.shape[0], dtype=torch.float32, device=a.device)
+    linear_sq_norms_into(a, b, out)
+    return out.sum(0)
+
+
+def embedding_sq_norms_into(
+    ids: torch.Tensor, b: torch.Tensor, num_embeddings: int, padding_idx: int | None, out: torch.Tensor
+) -> None:
+    """`sum_v ||sum_{t: x_it = v} b_it||^2` per example into `out` `[B]`; `ids` `[B, T]`, `b` `[B, T, d]` float32.
+
+    Up to `_EMBEDDING_GRAM_MAX_SEQ` tokens: the masked Gram form `sum_{t,s} [x_it = x_is] (b_it . b_is)` (batched
+    products, no sort and no host sync); beyond: segment sums over unique (example, id) keys. Tokens equal to
+    `padding_idx` are excluded (PyTorch gives their row no gradient).
+    """
+    batch, seq = ids.shape
+    if seq <= _EMBEDDING_GRAM_MAX_SEQ:
+        step = _chunk(batch, 2 * seq * seq * 4)
+        for s in range(0, batch, step):
+            chunk_ids, bb = ids[s : s + step], b[s : s + step]
+            different = chunk_ids.unsqueeze(2) != chunk_ids.unsqueeze(1)
+            if padding_idx is not None:
+                different |= (chunk_ids == padding_idx).unsqueeze(2)
+            gram = torch.bmm(bb, bb.transpose(1, 2)).masked_fill_(different, 0.0)
+            torch.sum(gram, (1, 2), out=out[s : s + step])
+        return
     keys = torch.arange(batch, device=ids.device).unsqueeze(1) * num_embeddings + ids.long()
     rows = b
     if padding_idx is not None:
@@ -218,43 +269,54 @@ def embedding_sq_norms(
         keys, rows = keys.reshape(-1), rows.reshape(-1, b.shape[-1])
     unique, inverse = torch.unique(keys, return_inverse=True)
     sums = torch.zeros(unique.shape[0], b.shape[-1], dtype=b.dtype, device=b.device).index_add_(0, inverse, rows)
-    out = torch.zeros(batch, dtype=b.dtype, device=b.device)
-    return out.index_add_(0, unique // num_embeddings, sums.square().sum(-1))
+    out.zero_().index_add_(0, unique // num_embeddings, sums.square().sum(-1))
+
+
+def embedding_sq_norms(
+    ids: torch.Tensor, b: torch.Tensor, num_embeddings: int, padding_idx: int | None
+) -> torch.Tensor:
+    """`sum_v ||sum_{t: x_it = v} b_it||^2` per example (see `embedding_sq_norms_into`)."""
+    out = torch.zeros(ids.shape[0], dtype=torch.float32, device=b.device)
+    embedding_sq_norms_into(ids, b, num_embeddings, padding_idx, out)
+    return out
 
 
 def _normalized_input(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    """`xhat` of a LayerNorm (`(x - mean) / sqrt(var + eps)`) or RMSNorm (`x / sqrt(mean(x^2) + eps)`), float32."""
+    x = x.float()
     if layer.kind == "layernorm":
-        mean = x.mean(-1, keepdim=True)
-        var = x.var(-1, unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + layer.module.eps)
-    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + _rms_eps(layer.module))
+        return F.layer_norm(x, layer.module.normalized_shape, eps=layer.module.eps)
+    return F.rms_norm(x, (x.shape[-1],), eps=_rms_eps(layer.module))
 
 
-def layer_sq_norms(layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Per-example squared gradient norm of `layer`'s selected parameters from its input `x` and output gradient."""
+def layer_sq_norms_into(layer: _Layer, x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:
+    """Per-example squared gradient norms of `layer`'s selected parameters into `out` `[2, B]` (summed later)."""
     batch = grad.shape[0]
     if layer.kind in ("linear", "conv1d"):
         a = x.reshape(batch, -1, x.shape[-1]).float()
         b = grad.reshape(batch, -1, grad.shape[-1]).float()
-        out = torch.zeros(batch, dtype=torch.float32, device=grad.device)
-        if layer.weight:
-            out = out + linear_weight_sq_norms(a, b)
-        if layer.bias:
-            out = out + b.sum(1).square().sum(-1)
-        return out
+        linear_sq_norms_into(a, b, out, weight=layer.weight, bias=layer.bias)
+        return
     if layer.kind == "embedding":
         ids = x.reshape(batch, -1)
         b = grad.reshape(batch, ids.shape[1], -1).float()
-        return embedding_sq_norms(ids, b, layer.module.num_embeddings, layer.module.padding_idx)
+        embedding_sq_norms_into(ids, b, layer.module.num_embeddings, layer.module.padding_idx, out[0])
+        return
     width = math.prod(layer.module.weight.shape)
-    xs = x.reshape(batch, -1, width).float()
     b = grad.reshape(batch, -1, width).float()
-    out = torch.zeros(batch, dtype=torch.float32, device=grad.device)
     if layer.weight:
-        out = out + (_normalized_input(layer, xs) * b).sum(1).square().sum(-1)
+        summed = (_normalized_input(layer, x.reshape(batch, -1, width)) * b).sum(1)
+        _rowwise_dot(summed, summed, out[0])
     if layer.bias:
-        out = out + b.sum(1).square().sum(-1)
-    return out
+        summed = b.sum(1)
+        _rowwise_dot(summed, summed, out[1])
+
+
+def layer_sq_norms(layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per-example squared gradient norm `[B]` of `layer`'s selected parameters from its input and output gradient."""
+    out = torch.zeros(2, grad.shape[0], dtype=torch.float32, device=grad.device)
+    layer_sq_norms_into(layer, x, grad, out)
+    return out.sum(0)
 
 
 def tied_cross_term(ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -276,6 +338,9 @@ def tied_cross_term(ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torc
 class _HookEngine:
     """Forward hooks capture layer inputs; tensor hooks on the outputs consume the output gradients.
 
+    Each hooked layer owns two rows ("slots") of a `[2 * num_layers, B]` float32 buffer allocated at the first hooked
+    forward of a batch; the rules write their per-example terms there and `sq` sums them once.
+
     With `frozen=True` (norms-only), a layer output that does not require grad is made differentiable by adding a
     zero scalar leaf (`anchor`), so the backward (`torch.autograd.grad(total, engine.anchor)`) starts there and no
     parameter gradient is formed. With `frozen=False` (inside training) only outputs that already require grad are
@@ -289,8 +354,19 @@ class _HookEngine:
         self._handles: list[Any] = []
         self.reset()
 
+    @property
+    def layers(self) -> list[_Layer]:
+        return self._layers
+
+    @layers.setter
+    def layers(self, layers: list[_Layer]) -> None:
+        self._layers = list(layers)
+        self._slot = {id(layer.module): 2 * index for index, layer in enumerate(self._layers)}
+        self._grad_hooks = {id(layer.module): functools.partial(self._grad_hook, layer) for layer in self._layers}
+
     def reset(self) -> None:
-        self.sq: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = None
+        self._consumed = False
         self.batch_size: int | None = None
         self._pending: dict[int, torch.Tensor] = {}
         self._cross: dict[int, torch.Tensor] = {}
@@ -298,10 +374,15 @@ class _HookEngine:
         self._root_batch: int | None = None
         self.anchor: torch.Tensor | None = None
 
+    @property
+    def sq(self) -> torch.Tensor | None:
+        """Per-example squared norms `[B]` summed over the hooked layers, or None before any output gradient."""
+        return self._buffer.sum(0) if self._consumed else None
+
     def __enter__(self) -> _HookEngine:
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
         for layer in self.layers:
-            self._handles.append(layer.module.register_forward_hook(partial(self._forward_hook, layer),
+            self._handles.append(layer.module.register_forward_hook(functools.partial(self._forward_hook, layer),
                                                                     with_kwargs=True))
         return self
 
@@ -328,7 +409,7 @@ class _HookEngine:
         if self._in_backward:  # a new forward after a backward: start a new batch
             self._pending.clear()
             self._cross.clear()
-            self.sq, self.batch_size, self._in_backward = None, None, False
+            self._buffer, self._consumed, self.batch_size, self._in_backward = None, False, None, False
         if id(module) in self._pending:
             raise ValueError(
                 f"Module {layer.name!r} ({type(module).__name__}) was called twice in one forward pass (parameter "
@@ -347,6 +428,7 @@ class _HookEngine:
             batch, replaced = expected, True
         if self.batch_size is None:
             self.batch_size = batch
+            self._buffer = torch.zeros(2 * len(self._layers), batch, dtype=torch.float32, device=output.device)
         elif batch != self.batch_size or output.shape[0] != batch:
             raise ValueError(
                 f"Layer {layer.name!r} sees a batch dimension of {batch} (output {tuple(output.shape)}) while the "
@@ -358,7 +440,7 @@ class _HookEngine:
             if self.anchor is None:
                 self.anchor = torch.zeros((), device=output.device, requires_grad=True)
             output, replaced = output + self.anchor.to(output.dtype), True
-        output.register_hook(partial(self._grad_hook, layer))
+        output.register_hook(self._grad_hooks[id(module)])
         return output if replaced else None
 
     def _grad_hook(self, layer: _Layer, grad: torch.Tensor) -> None:
@@ -368,29 +450,29 @@ class _HookEngine:
         self._in_backward = True
         self.consume(layer, x, grad.detach())
 
-    def _add(self, values: torch.Tensor) -> None:
-        self.sq = values if self.sq is None else self.sq + values
-
     def consume(self, layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> None:
-        """Turn one layer's input and output gradient into per-example squared norms."""
-        sq = layer_sq_norms(layer, x, grad)
-        if layer.tied is not None:
-            partner = id(layer.tied.module)
-            if layer.kind == "linear":  # the output head runs backward first: prepare the cross term
-                ids = self._pending.get(partner)
-                if ids is not None:
-                    h = x.reshape(grad.shape[0], -1, x.shape[-1]).float()
-                    self._cross[partner] = tied_cross_term(ids.reshape(grad.shape[0], -1), h, grad.float())
-            else:
-                cross = self._cross.pop(id(layer.module), None)
-                if cross is not None:
-                    ids = x.reshape(grad.shape[0], -1)
-                    b = grad.reshape(grad.shape[0], ids.shape[1], -1).float()
-                    dots = (b * cross).sum(-1)
-                    if layer.module.padding_idx is not None:
-                        dots = dots.masked_fill(ids == layer.module.padding_idx, 0.0)
-                    sq = sq + 2 * dots.sum(1)
-        self._add(sq)
+        """Turn one layer's input and output gradient into per-example squared norms (written to its slots)."""
+        slot = self._slot[id(layer.module)]
+        out = self._buffer[slot : slot + 2]
+        self._consumed = True
+        layer_sq_norms_into(layer, x, grad, out)
+        if layer.tied is None:
+            return
+        partner = id(layer.tied.module)
+        if layer.kind == "linear":  # the output head runs backward first: prepare the cross term
+            ids = self._pending.get(partner)
+            if ids is not None:
+                h = x.reshape(grad.shape[0], -1, x.shape[-1]).float()
+                self._cross[partner] = tied_cross_term(ids.reshape(grad.shape[0], -1), h, grad.float())
+            return
+        cross = self._cross.pop(id(layer.module), None)
+        if cross is not None:  # 2 <g_emb, g_head>, in the embedding's free second slot
+            ids = x.reshape(grad.shape[0], -1)
+            b = grad.reshape(grad.shape[0], ids.shape[1], -1).float()
+            if layer.module.padding_idx is not None:
+                b = b.masked_fill((ids == layer.module.padding_idx).unsqueeze(-1), 0.0)
+            _rowwise_dot(b, cross, out[1])
+            out[1].mul_(2.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,6 +546,54 @@ def fallback_sq_norms(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class PerExampleGradNorms:
+    """Exact per-example gradient norms for one model, reusable across batches (the plan is built once).
+
+    Building the hook plan (which rule each selected parameter gets) and the eval/frozen-mode switch walks the whole
+    model; this object does it once, so calling it per batch costs one forward, the activation backward and the
+    per-layer norm terms. `per_example_grad_norms` is the one-call form. Build it after the model's structure is final
+    (adapters added); the model's weights may change between calls.
+
+    Args:
+        model (`nn.Module`): a transformers model (or PEFT model) returning `logits`.
+        params (`None`, `str` or iterable, *optional*): see `per_example_grad_norms`.
+        task (`str`, defaults to `"auto"`): `"sequence_classification"`, `"causal_lm"` or `"auto"`.
+        fallback_chunk_size (`int`, defaults to 8): examples per `vmap` chunk for modules without a hand-written rule.
+
+    Example:
+        ```python
+        >>> from hf_influence.grads import PerExampleGradNorms
+        >>> grad_norms = PerExampleGradNorms(model)
+        >>> norms = torch.cat([grad_norms(batch) for batch in loader])
+        ```
+    """
+
+    def __init__(
+        self, model: nn.Module, params: ParamSpec = None, *, task: str = "auto", fallback_chunk_size: int = 8
+    ) -> None:
+        self.model = model
+        self.task = task
+        self.fallback_chunk_size = fallback_chunk_size
+        self._engine = _HookEngine(model, select_parameters(model, params), frozen=True)
+        self._mode = ScoringMode(model)
+        _log_fallback(self._engine.fallback_types)
+
+    def __call__(self, batch: Mapping[str, Any], *, squared: bool = False) -> torch.Tensor:
+        """Float32 `[batch_size]` norms (squared with `squared=True`; NaN for a causal-LM example without labels)."""
+        engine = self._engine
+        engine.reset()
+        with self._mode(freeze=True):
+            inputs, labels, losses, valid, resolved = run_frozen_backward(self.model, batch, engine, self.task)
+            sq = engine.sq
+            if sq is None:
+                sq = torch.zeros(labels.shape[0], dtype=torch.float32, device=losses.device)
+            if engine.fallback:
+                sq = sq + fallback_sq_norms(self.model, engine.fallback, inputs, labels, resolved, losses,
+                                            chunk_size=self.fallback_chunk_size)
+        sq = sq.masked_fill(~valid, float("nan"))
+        return sq if squared else sq.sqrt()
+
+
 def per_example_grad_norms(
     model: nn.Module,
     batch: Mapping[str, Any],
@@ -478,7 +608,7 @@ def per_example_grad_norms(
     The loss is the one the Trainer optimises per example: cross-entropy for sequence classification; for causal LM
     the mean token cross-entropy over the example's own shifted label tokens (labels -100 ignored). The model runs in
     eval mode (dropout off) with every parameter frozen during the call (restored after): no `.grad` is written and no
-    weight-gradient products are computed.
+    weight-gradient products are computed. For many batches, build a `PerExampleGradNorms` once and call it per batch.
 
     Args:
         model (`nn.Module`): a transformers model (or PEFT model) returning `logits`.
@@ -504,19 +634,9 @@ def per_example_grad_norms(
         >>> norms.shape  # (batch_size,)
         ```
     """
-    engine = _HookEngine(model, select_parameters(model, params), frozen=True)
-    _log_fallback(engine.fallback_types)
-    with scoring_mode(model, freeze=True):
-        inputs, labels, losses, valid, resolved = run_frozen_backward(model, batch, engine, task)
-        sq = torch.zeros(labels.shape[0], dtype=torch.float32, device=losses.device)
-        if engine.sq is not None:
-            sq = sq + engine.sq
-        if engine.fallback:
-            sq = sq + fallback_sq_norms(
-                model, engine.fallback, inputs, labels, resolved, losses, chunk_size=fallback_chunk_size
-            )
-    sq = sq.masked_fill(~valid, float("nan"))
-    return sq if squared else sq.sqrt()
+    return PerExampleGradNorms(model, params, task=task, fallback_chunk_size=fallback_chunk_size)(
+        batch, squared=squared
+    )
 
 
 def run_frozen_backward(

@@ -187,8 +187,13 @@ class EffortScorer(Scorer):
                 f"{dataset.column_names}. Use loss='full_prompt' (the authors' setting) or add labels."
             )
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_grad_norms"] = None  # the hook plan is rebuilt where the scorer is unpickled (num_proc workers)
+        return state
+
     def score_batch(self, batch: dict[str, list]) -> np.ndarray:
-        from ..grads import per_example_grad_norms
+        from ..grads import PerExampleGradNorms
 
         rows = {"input_ids": batch["input_ids"]}
         if "attention_mask" in batch:
@@ -200,5 +205,8 @@ class EffortScorer(Scorer):
             padded["labels"] = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, -100)
         self.model.to(self.device)
         padded = {k: v.to(self.device) for k, v in padded.items()}
-        norms = per_example_grad_norms(self.model, padded, params=self.scope_pattern)
+        grad_norms = getattr(self, "_grad_norms", None)
+        if grad_norms is None or grad_norms.model is not self.model:
+            grad_norms = self._grad_norms = PerExampleGradNorms(self.model, self.scope_pattern)
+        norms = grad_norms(padded)
         return norms.detach().double().cpu().numpy()

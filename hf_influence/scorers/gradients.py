@@ -1,6 +1,6 @@
 """Per-example gradient-norm scores: GraNd (Paul et al. 2021) and TracIn self-influence (Pruthi et al. 2020).
 
-Both use `hf_influence.grads.per_example_grad_norms`: exact per-example gradient norms for the whole model (or a
+Both use `hf_influence.grads.PerExampleGradNorms`: exact per-example gradient norms for the whole model (or a
 parameter regex, or a PEFT model's adapters) from one batched backward per checkpoint and map batch.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
-from ..grads import per_example_grad_norms
+from ..grads import PerExampleGradNorms
 from .base import register_scorer
 from .model_outputs import ModelOutputScorer
 
@@ -33,11 +33,26 @@ class _GradientNormScorer(ModelOutputScorer):
         if params is not None and not isinstance(params, str):
             raise TypeError(f"params must be None or a parameter-name regex string, got {type(params).__name__}.")
         self.params = params
+        self._grad_norms: dict[int, PerExampleGradNorms] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_grad_norms"] = {}  # hook plans are rebuilt where the scorer is unpickled (num_proc workers)
+        return state
 
     def config_dict(self) -> dict[str, Any]:
         config = super().config_dict()
         config["params"] = self.params
         return config
+
+    def _grad_norms_for(self, model: Any) -> PerExampleGradNorms:
+        """The hook plan of `model`, kept while the scorer caches its checkpoints (`cache_models=True`)."""
+        grad_norms = self._grad_norms.get(id(model))
+        if grad_norms is None or grad_norms.model is not model:
+            grad_norms = PerExampleGradNorms(model, self.params, task=self.task)
+            if self.cache_models:
+                self._grad_norms[id(model)] = grad_norms
+        return grad_norms
 
     def signals_for(self, model: Any, inputs: dict[str, Any], labels: Any) -> dict[str, Any]:
         batch = {k: v.to(self.device) for k, v in inputs.items() if k != "labels"}
@@ -47,7 +62,7 @@ class _GradientNormScorer(ModelOutputScorer):
             )
         else:
             batch["labels"] = labels
-        values = per_example_grad_norms(model, batch, self.params, task=self.task, squared=self.squared)
+        values = self._grad_norms_for(model)(batch, squared=self.squared)
         return {self.signal: values.detach().cpu()}
 
 
