@@ -8,6 +8,8 @@ interleaved (round-robin) repetitions; medians reported as ratios to the plain s
 - ``norms_only``: a ``PerExampleGradNorms`` built once and called per batch, as the scorers do (parameters frozen,
   no weight-gradient products, no ``.grad``).
 - ``norms_oneshot``: ``per_example_grad_norms`` (the same, plus building the hook plan on every call).
+- ``norms_graph`` (CUDA only): ``PerExampleGradNorms(..., cuda_graph=True)``, the same step replayed as a CUDA graph
+  (captured once before timing).
 - ``collector``: a plain step wrapped in ``GhostNormCollector`` (in-training GraNd: norms from the training backward).
 - ``naive``: one forward + backward per example at batch size 1.
 - ``vmap``: ``torch.func.vmap(grad(...))`` over ``functional_call`` (``--vmap-chunk`` examples at a time) + norms.
@@ -225,6 +227,11 @@ def build_methods(name: str, args: argparse.Namespace) -> tuple[dict[str, Callab
         "norms_oneshot": lambda: per_example_grad_norms(model, batch, task=task),
         "collector": lambda: collector_step(model, batch, task),
     }
+    if args.device.startswith("cuda"):
+        graph_norms = PerExampleGradNorms(model, task=task, cuda_graph=True)
+        graph_norms(batch)  # eager reference on the first batch, then capture on the second
+        graph_norms(batch)
+        methods["norms_graph"] = lambda: graph_norms(batch)
     if not args.skip_naive:
         methods["naive"] = lambda: naive_loop(model, batch, task)
     if not args.skip_vmap:

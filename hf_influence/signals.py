@@ -131,8 +131,8 @@ def causal_lm_signals(
             sums[name].append(torch.where(chunk_mask, values, 0.0).sum(dim=1))
     denom = counts.float().clamp_min(1)
     nan = torch.tensor(float("nan"), device=logits.device)
-    out: dict[str, torch.Tensor] = {
-        name: torch.where(counts > 0, torch.cat(parts) / denom if parts else denom, nan) for name, parts in sums.items()
-    }
+    out: dict[str, torch.Tensor] = {}
+    for name, parts in sums.items():
+        out[name] = torch.where(counts > 0, torch.cat(parts) / denom if parts else denom, nan)
     out["num_tokens"] = counts
     return out

@@ -554,11 +554,18 @@ class PerExampleGradNorms:
     per-layer norm terms. `per_example_grad_norms` is the one-call form. Build it after the model's structure is final
     (adapters added); the model's weights may change between calls.
 
+    On a GPU at small or medium batch sizes that step is bound by Python and kernel launches rather than by the GPU;
+    `cuda_graph=True` captures it once per batch signature and replays it (see `hf_influence.grads.graphs` for what
+    that requires: static shapes, no `torch.func` fallback modules, a model whose losses a 4-D attention mask
+    reproduces).
+
     Args:
         model (`nn.Module`): a transformers model (or PEFT model) returning `logits`.
         params (`None`, `str` or iterable, *optional*): see `per_example_grad_norms`.
         task (`str`, defaults to `"auto"`): `"sequence_classification"`, `"causal_lm"` or `"auto"`.
         fallback_chunk_size (`int`, defaults to 8): examples per `vmap` chunk for modules without a hand-written rule.
+        cuda_graph (`bool`, defaults to `False`): capture and replay the step as CUDA graphs (CUDA models only).
+        max_graphs (`int`, defaults to 8): batch signatures kept captured with `cuda_graph` (least recently used out).
 
     Example:
         ```python
@@ -569,7 +576,14 @@ class PerExampleGradNorms:
     """
 
     def __init__(
-        self, model: nn.Module, params: ParamSpec = None, *, task: str = "auto", fallback_chunk_size: int = 8
+        self,
+        model: nn.Module,
+        params: ParamSpec = None,
+        *,
+        task: str = "auto",
+        fallback_chunk_size: int = 8,
+        cuda_graph: bool = False,
+        max_graphs: int = 8,
     ) -> None:
         self.model = model
         self.task = task
@@ -577,9 +591,20 @@ class PerExampleGradNorms:
         self._engine = _HookEngine(model, select_parameters(model, params), frozen=True)
         self._mode = ScoringMode(model)
         _log_fallback(self._engine.fallback_types)
+        self._graphs = None
+        if cuda_graph:
+            from .graphs import NormsGraphCache
 
-    def __call__(self, batch: Mapping[str, Any], *, squared: bool = False) -> torch.Tensor:
-        """Float32 `[batch_size]` norms (squared with `squared=True`; NaN for a causal-LM example without labels)."""
+            self._graphs = NormsGraphCache(self, max_graphs)
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self._graphs is not None
+
+    def _eager(
+        self, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor]:
+        """`(squared norms, losses, valid, inputs, labels)` of one batch without graphs."""
         engine = self._engine
         engine.reset()
         with self._mode(freeze=True):
@@ -590,6 +615,14 @@ class PerExampleGradNorms:
             if engine.fallback:
                 sq = sq + fallback_sq_norms(self.model, engine.fallback, inputs, labels, resolved, losses,
                                             chunk_size=self.fallback_chunk_size)
+        return sq, losses, valid, inputs, labels
+
+    def __call__(self, batch: Mapping[str, Any], *, squared: bool = False) -> torch.Tensor:
+        """Float32 `[batch_size]` norms (squared with `squared=True`; NaN for a causal-LM example without labels)."""
+        if self._graphs is not None:
+            sq, valid = self._graphs(batch)
+        else:
+            sq, _, valid, _, _ = self._eager(batch)
         sq = sq.masked_fill(~valid, float("nan"))
         return sq if squared else sq.sqrt()
 
@@ -640,18 +673,37 @@ def per_example_grad_norms(
 
 
 def run_frozen_backward(
-    model: nn.Module, batch: Mapping[str, Any], engine: _HookEngine, task: str = "auto"
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    engine: _HookEngine,
+    task: str = "auto",
+    *,
+    check_labels: bool = True,
+    causal_mask: bool | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Forward with `engine`'s hooks, per-example losses, and one backward of their sum to the engine's anchor.
 
     Call inside `scoring_mode(model, freeze=True)`. Returns `(inputs, labels, losses (detached), valid, task)`.
+
+    Args:
+        check_labels (`bool`, defaults to `True`): range-check class ids (a host sync; off inside a CUDA graph).
+        causal_mask (`bool`, *optional*): hand the model a 4-D additive mask (causal or bidirectional) built from the
+            2-D `attention_mask` instead of the 2-D mask itself (HF's own mask creation syncs on the mask's values).
     """
     inputs, labels = prepare_batch(model, batch)
+    feed = inputs
+    if causal_mask is not None:
+        mask2d = inputs.get("attention_mask")
+        if mask2d is None:
+            mask2d = torch.ones(inputs["input_ids"].shape[:2], dtype=torch.long, device=labels.device)
+        dtype = next(model.parameters()).dtype
+        feed = {**inputs, "attention_mask": _four_d_mask(mask2d, causal_mask,
+                                                         dtype if dtype.is_floating_point else torch.float32)}
     with engine:
-        outputs = model(**inputs)
+        outputs = model(**feed)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
         resolved = infer_task(model, logits, task)
-        losses, valid = per_example_losses(logits, labels, resolved)
+        losses, valid = per_example_losses(logits, labels, resolved, check=check_labels)
         del outputs, logits  # the loss graph keeps what it needs; the logits themselves can go before the backward
         total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
         if engine.anchor is not None and total.requires_grad:
