@@ -91,6 +91,8 @@ def test_static_step_adds_no_host_sync():
             fast(batch)
         (step,) = fast._graphs.steps.values()
         assert count_sync_ops(step.step) == 0
+        # nor tensors made from host data (a host-to-device copy; e.g. a KV cache, which the step turns off)
+        assert count_sync_ops(step.step, ops={"lift_fresh", "lift_fresh_copy"}) == 0
 
 
 def test_weights_updated_in_place_or_replaced():

@@ -114,7 +114,7 @@ def prepare_batch(
     """Split a collated batch into model inputs and labels, on the model's device.
 
     Drops the example-id column and the labels from the inputs (the model's own loss is not needed: per-example
-    losses are computed here).
+    losses are computed here), and turns the KV cache off for models whose config has one.
 
     Raises:
         ValueError: if labels are needed and the batch has none, or `input_ids` and `inputs_embeds` are both missing.
@@ -139,6 +139,8 @@ def prepare_batch(
     ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
     if ids is None:
         raise ValueError(f"The batch needs 'input_ids' (or 'inputs_embeds'); got keys {sorted(batch)}.")
+    if getattr(getattr(unwrap_model(model), "config", None), "use_cache", None) is not None:
+        inputs.setdefault("use_cache", False)  # no KV cache: nothing is generated, and it costs memory and copies
     return inputs, labels
 
 
