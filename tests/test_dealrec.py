@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_influence.rec.dealrec import combine_dealrec_scores, minmax_normalize, select_dealrec, surrogate_grand
+from hf_influence.rec.dealrec import combine_dealrec_scores, select_dealrec, surrogate_grand
 
 
 def test_combine_minmax_and_raw_by_hand():
@@ -17,7 +17,8 @@ def test_combine_minmax_and_raw_by_hand():
     np.testing.assert_allclose(got, [0.5, 0.3, 1.15, 1 / 3], rtol=1e-12)
     raw = combine_dealrec_scores(influence, effort, lam=0.5, normalize="none")
     np.testing.assert_allclose(raw, [7.0, 14.0, 15.0, 6.0])
-    np.testing.assert_array_equal(minmax_normalize([3.0, 3.0]), [0.0, 0.0])
+    constant = combine_dealrec_scores([3.0, 3.0], [1.0, 2.0], lam=1.0)  # a constant score scales to zeros
+    np.testing.assert_allclose(constant, [0.0, 1.0])
 
 
 def test_combine_bad_inputs():

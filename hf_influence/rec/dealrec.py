@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from ..normalization import minmax_scale
+
 logger = logging.get_logger(__name__)
 
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "none")
@@ -48,16 +50,6 @@ def _as_finite_array(values: Any, name: str) -> np.ndarray:
             f"{np.flatnonzero(bad)[:5].tolist()}. Score every user (drop users without history/target first)."
         )
     return array
-
-
-def minmax_normalize(values: Any) -> np.ndarray:
-    """Scale to [0, 1] by ``(x - min) / (max - min)``; a constant vector maps to zeros (the authors' code would give
-    NaN there)."""
-    array = np.asarray(values, dtype=np.float64)
-    low, high = float(array.min()), float(array.max())
-    if high == low:
-        return np.zeros_like(array)
-    return (array - low) / (high - low)
 
 
 def combine_dealrec_scores(influence: Any, effort: Any, lam: float, normalize: str = "minmax") -> np.ndarray:
@@ -91,7 +83,7 @@ def combine_dealrec_scores(influence: Any, effort: Any, lam: float, normalize: s
     if influence.size == 0:
         raise ValueError("No scores to combine: the user set is empty.")
     if normalize == "minmax":
-        influence, effort = minmax_normalize(influence), minmax_normalize(effort)
+        influence, effort = minmax_scale(influence), minmax_scale(effort)
     return influence + lam * effort
 
 
