@@ -190,6 +190,19 @@ def test_load_checkpoint_offline_and_iter_checkpoints(tmp_path):
         load_checkpoint(model, task="seq2seq")
 
 
+def test_half_precision_checkpoint_warns_unless_dtype_given(tmp_path, caplog):
+    from transformers import BertForSequenceClassification
+
+    BertForSequenceClassification(tiny_bert_config()).half().save_pretrained(tmp_path / "fp16")
+    with caplog.at_level("WARNING", logger="hf_influence.scorers.base"):
+        kept = load_checkpoint(tmp_path / "fp16")
+    assert next(kept.parameters()).dtype == torch.float16 and "half precision" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_influence.scorers.base"):
+        full = load_checkpoint(tmp_path / "fp16", dtype=torch.float32)
+    assert next(full.parameters()).dtype == torch.float32 and "half precision" not in caplog.text
+
+
 def test_pad_batch_matches_manual_padding():
     batch = {"input_ids": [[5, 6, 7], [8], [9, 10]], "token_type_ids": [[0, 0, 1], [0], [0, 1]], "other": [1, 2, 3]}
     out = pad_batch(batch, pad_token_id=4)

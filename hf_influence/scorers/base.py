@@ -169,7 +169,8 @@ def load_checkpoint(ref: Any, task: str = "sequence_classification", **kwargs: A
             `HF_HUB_OFFLINE=1`).
         task (`str`, defaults to `"sequence_classification"`): `"sequence_classification"` or `"causal_lm"`; picks the
             `AutoModelFor...` class.
-        **kwargs: passed to `from_pretrained` (e.g. `revision`, `torch_dtype`, `num_labels`).
+        **kwargs: passed to `from_pretrained` (e.g. `revision`, `dtype`, `num_labels`). Without `dtype` the
+            checkpoint's own dtype is kept (transformers 5), with a warning when that is half precision.
 
     Returns:
         `torch.nn.Module`: the model in eval mode.
@@ -194,7 +195,15 @@ def load_checkpoint(ref: Any, task: str = "sequence_classification", **kwargs: A
     if path.is_file() and path.suffix == ".gguf":
         kwargs.setdefault("gguf_file", path.name)
         ref = path.parent
+    import torch
+
     model = auto.from_pretrained(str(ref), **kwargs)
+    dtype = next(model.parameters()).dtype
+    if "dtype" not in kwargs and "torch_dtype" not in kwargs and dtype in (torch.float16, torch.bfloat16):
+        logger.warning(
+            f"{ref} was loaded in {dtype} (transformers keeps the checkpoint's dtype): scores are computed in half "
+            "precision. Pass model_kwargs={'dtype': torch.float32} to the scorer for full-precision scores."
+        )
     return model.eval()
 
 
