@@ -36,6 +36,9 @@ _RESUME_CONFIG_KEYS: tuple[str, ...] = (
     "train_sampling_strategy",
 )
 _PACKED_BATCH_KEYS: tuple[str, ...] = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens", "seq_idx")
+#: Classification logits are kept per step and turned into signals in one batch (at a flush, or once this many bytes
+#: of logits are waiting): a training step then launches no signal kernels, which matters on launch-bound GPUs.
+_DEFERRED_LOGITS_BYTES = 64 * 2**20
 
 
 def _unwrap_peft(model):
@@ -110,8 +113,10 @@ class ScoringMixin:
     - keeps the example id column through `remove_unused_columns` and any data collator (wrapped with
       `hf_influence.data.ExampleIdCollator`), adds ids `0..n-1` to a training set without them (logging it), and never
       passes the ids to the model;
-    - computes the signals in `compute_loss` from the logits of the training forward pass, under `no_grad`, in
-      float32, and only in training mode (never during evaluation);
+    - computes the signals from the logits of the training forward pass (`compute_loss`), under `no_grad`, in
+      float32, and only in training mode (never during evaluation); classification logits are kept on the device
+      and turned into signals many steps at a time (at each flush, or once 64 MiB of logits wait), so a step
+      launches no extra kernels; causal-LM signals are reduced per step (their logits are large);
     - buffers them on the device and writes them to the [`SignalStore`] at each epoch end, each checkpoint save and
       the end of training (gathered over processes; the samples that DDP repeats to even out the last batch are
       recorded once);
@@ -140,6 +145,7 @@ class ScoringMixin:
         self.signal_store = None
         self._recording = False
         self._buffers: dict[str, list] = {PRESENTATIONS: [], DENSE: []}
+        self._deferred_bytes = 0
         self._nan_warned = False
         self._task: str | None = None
         self._store_session: object | None = None
@@ -257,6 +263,7 @@ class ScoringMixin:
     def _open_store(self, global_step: int) -> None:
         """Called on train begin (also when `auto_find_batch_size` restarts the loop)."""
         self._buffers = {PRESENTATIONS: [], DENSE: []}
+        self._deferred_bytes = 0
         self._dense_dataloader = None
         self._recording = self._scoring.record_signals
         if not self._recording:
@@ -321,7 +328,22 @@ class ScoringMixin:
                                "NaN and skipped by the summaries. This warning is shown once.")
             self.signal_store.append(frame, kind)
 
+    def _materialize_deferred(self) -> None:
+        """Compute the signals of the buffered classification logits, all steps at once."""
+        pending = [entry for entry in self._buffers[PRESENTATIONS] if "logits" in entry]
+        self._deferred_bytes = 0
+        if not pending:
+            return
+        logits = torch.cat([entry.pop("logits") for entry in pending])
+        labels = torch.cat([entry.pop("labels") for entry in pending])
+        signals = token_signals(logits, labels)
+        values = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+        for entry, chunk in zip(pending, values.split([entry["ids"].shape[0] for entry in pending])):
+            entry["values"] = chunk
+
     def _drain(self, kind: str) -> pd.DataFrame:
+        if kind == PRESENTATIONS:
+            self._materialize_deferred()
         buffer, self._buffers[kind] = self._buffers[kind], []
         columns = list(SIGNAL_NAMES) + (["grad_norm"] if self._scoring.record_grad_norm and kind == PRESENTATIONS
                                         else [])
@@ -356,11 +378,15 @@ class ScoringMixin:
             if logits.dim() != 3:
                 raise ValueError(f"task='causal_lm' expects logits [batch, seq, vocab], got {tuple(logits.shape)}.")
             return causal_lm_signals(logits, labels, check=False)  # no host sync per step
+        self._check_classification_logits(logits)
+        # labels were range-checked on the dataset before training; token_signals avoids a device sync per step
+        return token_signals(logits, labels)
+
+    @staticmethod
+    def _check_classification_logits(logits: torch.Tensor) -> None:
         if logits.dim() != 2:
             raise ValueError(f"task='sequence_classification' expects logits [batch, num_labels], got "
                              f"{tuple(logits.shape)}. Set task='causal_lm' for language models.")
-        # labels were range-checked on the dataset before training; token_signals avoids a device sync per step
-        return token_signals(logits, labels)
 
     def _check_batch(self, inputs: dict[str, Any], ids: torch.Tensor) -> torch.Tensor:
         packed = [k for k in _PACKED_BATCH_KEYS if k in inputs]
@@ -403,12 +429,22 @@ class ScoringMixin:
                 f"{type(outputs).__name__} carries no logits: kernels that fuse the LM head and the loss (e.g. "
                 "Liger's fused linear cross-entropy) skip them. Disable them (use_liger_kernel=False)."
             )
-        signals = self._signals(logits, labels)
-        values = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
-        self._buffers[PRESENTATIONS].append({
-            "ids": ids.detach().to(values.device), "values": values, "step": int(self.state.global_step),
-            "epoch": self._current_epoch(), "num_tokens": signals.get("num_tokens"),
-        })
+        entry = {"ids": ids.detach().to(logits.device), "step": int(self.state.global_step),
+                 "epoch": self._current_epoch(), "num_tokens": None}
+        if self._task == "causal_lm" or self._grad_collector is not None:
+            signals = self._signals(logits, labels)  # per-token reductions (or the loss the grad norm needs) now
+            entry["values"] = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+            entry["num_tokens"] = signals.get("num_tokens")
+        else:
+            self._check_classification_logits(logits)
+            kept = logits.detach()
+            if kept.untyped_storage().nbytes() > kept.numel() * kept.element_size():
+                kept = kept.clone()  # a view into a larger tensor: do not keep that tensor alive
+            entry["logits"], entry["labels"] = kept, labels.detach()
+            self._deferred_bytes += kept.numel() * 4
+        self._buffers[PRESENTATIONS].append(entry)
+        if self._deferred_bytes > _DEFERRED_LOGITS_BYTES:
+            self._materialize_deferred()
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

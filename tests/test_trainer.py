@@ -147,6 +147,34 @@ def test_classification_signals_equal_single_example_forward(tmp_path, options):
     assert loaded.metadata["model_class"] == "BertForSequenceClassification"
 
 
+def test_deferred_classification_signals_are_materialized_at_any_cadence(tmp_path, monkeypatch):
+    """Logits wait on the device and become signals at a flush, or earlier once the byte bound is passed (here after
+    every step, and with a save every 3 steps in between): the records equal the single-example reference each time."""
+    import hf_influence.trainer as trainer_module
+
+    dataset = add_example_ids(random_classification_dataset(n=22))
+    model = bert()
+    reference = reference_classification(model, dataset)
+    for bound, extra in [(1, {}), (1 << 40, {"save_strategy": "steps", "save_steps": 3})]:
+        monkeypatch.setattr(trainer_module, "_DEFERRED_LOGITS_BYTES", bound)
+        out = tmp_path / f"bound{bound}"
+        trainer = ScoringTrainer(model=model, args=make_args(out, **extra), train_dataset=dataset,
+                                 data_collator=PadCollator())
+        steps_with_logits = []
+        original = trainer.compute_loss
+
+        def spy(*args, **kwargs):
+            result = original(*args, **kwargs)
+            steps_with_logits.append(sum("logits" in e for e in trainer._buffers["presentations"]))
+            return result
+
+        trainer.compute_loss = spy
+        trainer.train()
+        waiting = max(steps_with_logits)
+        assert waiting == 0 if bound == 1 else waiting > 1  # materialized at once vs kept for several steps
+        check_records(trainer.signal_store.records(), reference, epochs=2, n=22, atol=1e-5)
+
+
 def test_lora_model(tmp_path):
     from peft import LoraConfig, get_peft_model
 
