@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_counts import count_ops
 
 from hf_influence.grads import (
     GhostNormCollector,
@@ -154,32 +154,6 @@ def vmap_norms(model, batch, task, chunk):
         losses, _ = per_example_losses(model(**inputs).logits, labels, task)
     with scoring_mode(model, freeze=True):
         return fallback_sq_norms(model, params, inputs, labels, task, losses, chunk_size=chunk).sqrt()
-
-
-VIEW_OPS = {"view", "t", "transpose", "detach", "slice", "select", "expand", "unsqueeze", "squeeze", "reshape",
-            "_unsafe_view", "_reshape_alias", "as_strided", "alias", "permute", "split", "unbind", "lift_fresh"}
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
-            "is_nonzero", "item"}
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the compute (non-view) aten ops of a call, and those that force a device-to-host sync."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.compute = self.sync = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        self.compute += name not in VIEW_OPS
-        self.sync += name in SYNC_OPS
-        return func(*args, **(kwargs or {}))
-
-
-def count_ops(fn: Callable) -> tuple[int, int]:
-    with OpCounter() as counter:
-        fn()
-    return counter.compute, counter.sync
 
 
 class PeakMemory:

@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import torch
+from op_counts import OpCounter
 
 
 def build_dataset(num_rows: int, seq_len: int, tokenizer):
@@ -65,13 +66,27 @@ class _Timer:
         self.callback = Callback()
 
 
+def fresh_model(options, model_path) -> torch.nn.Module:
+    """MiniLM from the package, or (`--model tiny_bert`) a 6-layer BERT of width 32 with the same vocabulary.
+
+    At a small batch the tiny model's compute is negligible, so the ratio measures the per-step Python and
+    kernel-launch work the recording adds: the regime of a launch-bound GPU step.
+    """
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    if options.model == "tiny_bert":
+        return BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6,
+                                                        num_attention_heads=1, intermediate_size=128, num_labels=3))
+    return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3, dtype=torch.float32)
+
+
 def run_once(scoring: bool, model_path, state_dict, dataset, options) -> tuple[float, float]:
     """Wall time and process CPU time of the timed part of one run."""
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from hf_influence import ScoringConfig, ScoringTrainer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3, dtype=torch.float32)
+    model = fresh_model(options, model_path)
     model.load_state_dict(state_dict)
     timer = _Timer(options.warmup)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -85,6 +100,10 @@ def run_once(scoring: bool, model_path, state_dict, dataset, options) -> tuple[f
         else:
             trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
                               callbacks=[timer.callback])
+        if options.count_ops:
+            with OpCounter() as counter:
+                trainer.train()
+            return counter.compute / trainer.state.global_step, counter.sync / trainer.state.global_step
         trainer.train()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -104,11 +123,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps at the start of each run")
     parser.add_argument("--reps", type=int, default=5, help="number of (plain, scoring) pairs")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--model", choices=["minilm", "tiny_bert"], default="minilm",
+                        help="tiny_bert: an overhead-bound proxy (random 6x32 BERT, MiniLM's tokenizer)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="instead of timing, count the aten ops (kernel launches) and host syncs per step, once "
+                             "for each trainer (the whole train() call, divided by its steps)")
     options = parser.parse_args(argv)
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available.")
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from hf_influence.paths import packaged_minilm_path
 
@@ -116,9 +140,16 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = build_dataset(options.batch_size * (options.warmup + options.steps), options.seq_len, tokenizer)
     torch.manual_seed(0)
-    state_dict = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=3, dtype=torch.float32
-    ).state_dict()
+    state_dict = fresh_model(options, model_path).state_dict()
+
+    if options.count_ops:
+        plain_ops, plain_syncs = run_once(False, model_path, state_dict, dataset, options)
+        scoring_ops, scoring_syncs = run_once(True, model_path, state_dict, dataset, options)
+        print(f"model={options.model} batch={options.batch_size} seq={options.seq_len} "
+              f"steps={options.warmup + options.steps}")
+        print(f"compute ops per step: Trainer {plain_ops:.1f}, ScoringTrainer {scoring_ops:.1f} "
+              f"(ratio {scoring_ops / plain_ops:.4f}); host syncs per step: {plain_syncs:.2f} vs {scoring_syncs:.2f}")
+        return
 
     ratios, cpu_ratios, plain_times, scoring_times = [], [], [], []
     for rep in range(options.reps):
@@ -134,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         cpu_ratios.append(scoring_cpu / plain_cpu)
         print(f"rep {rep}: plain {plain:.3f}s  scoring {scoring:.3f}s  wall ratio {scoring / plain:.4f}  "
               f"process-CPU ratio {scoring_cpu / plain_cpu:.4f}", flush=True)
-    print(f"device={options.device} batch={options.batch_size} seq={options.seq_len} steps={options.steps} "
+    print(f"model={options.model} device={options.device} batch={options.batch_size} seq={options.seq_len} "
+          f"steps={options.steps} "
           f"warmup={options.warmup} reps={options.reps} bf16={options.bf16}")
     print(f"median plain {statistics.median(plain_times):.3f}s, "
           f"median scoring {statistics.median(scoring_times):.3f}s")
