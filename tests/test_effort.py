@@ -73,6 +73,22 @@ def test_effort_full_prompt_matches_naive_loop():
     _assert_rel(scored["effort"], _naive(model, data, scorer.scope_pattern))
 
 
+def test_effort_with_cuda_graph_steps_matches_naive_loop(monkeypatch):
+    """cuda_graph=True (static steps run eagerly here, no GPU): padded to 64 tokens, same norms as the naive loop."""
+    from hf_influence.grads.graphs import NormsGraphCache
+
+    monkeypatch.setattr(NormsGraphCache, "capture_default", False)
+    model = _lora_model()
+    data = _dataset()
+    scorer = EffortScorer(model, batch_size=4, cuda_graph=True)
+    assert scorer.pad_to_multiple_of == 64
+    _assert_rel(scorer(data)["effort"], _naive(model, data, scorer.scope_pattern))
+    steps = scorer._grad_norms._graphs.steps
+    assert len(steps) == 2 and all(step.static["input_ids"].shape[1] == 64 for step in steps.values())
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be a positive integer"):
+        EffortScorer(model, pad_to_multiple_of=0)
+
+
 def test_effort_response_only_and_authors_scope():
     model = _lora_model()
     data = _dataset(with_labels=True)

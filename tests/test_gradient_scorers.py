@@ -129,3 +129,23 @@ def test_grand_reuses_hook_plans_and_pickles_for_workers():
     in_workers = np.asarray(list(scorer(dataset, num_proc=2, load_from_cache_file=False)["grand"]))
     np.testing.assert_allclose(in_workers, first, rtol=1e-6)
     np.testing.assert_allclose(first, np.sqrt(naive_sq_norms_rows(model, dataset)), rtol=1e-5)
+
+
+def test_grand_with_cuda_graph_steps_and_padding(monkeypatch):
+    """cuda_graph=True routes each checkpoint through one PerExampleGradNorms with graph caches (run eagerly here,
+    no GPU) and pads batches to a multiple of 64 tokens: same scores as the plain scorer."""
+    from hf_influence.grads.graphs import NormsGraphCache
+
+    monkeypatch.setattr(NormsGraphCache, "capture_default", False)
+    dataset = random_classification_dataset(n=13, seed=7)
+    models = [bert(7), bert(8)]
+    plain = np.asarray(list(GraNdScorer(models, batch_size=4)(dataset)["grand"]))
+    scorer = GraNdScorer(models, batch_size=4, cuda_graph=True)
+    assert scorer.pad_to_multiple_of == 64
+    graphed = np.asarray(list(scorer(dataset, load_from_cache_file=False)["grand"]))
+    np.testing.assert_allclose(graphed, plain, rtol=1e-5)
+    for grad_norms in scorer._grad_norms.values():  # full batches of 4 and the last one of 1: two signatures
+        assert grad_norms.cuda_graph and len(grad_norms._graphs.steps) == 2
+        assert all(step.static["input_ids"].shape[1] == 64 for step in grad_norms._graphs.steps.values())
+    with pytest.raises(ValueError, match="needs cache_models=True"):
+        GraNdScorer(models, cuda_graph=True, cache_models=False)

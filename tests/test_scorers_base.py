@@ -221,6 +221,13 @@ def test_pad_batch_matches_manual_padding():
     assert pad_batch(rows, tokenizer=Tok())["input_ids"].tolist() == [[1, 2], [3, 2]]
     with pytest.raises(ValueError, match="input_ids"):
         pad_batch({"text": ["a"]})
+    rounded = pad_batch(rows, pad_token_id=0, pad_to_multiple_of=4)
+    assert rounded["input_ids"].tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
+    assert rounded["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
+    assert rounded["labels"].tolist() == [[1, 2, -100, -100], [3, -100, -100, -100]]
+    assert pad_batch({"input_ids": [[1] * 8]}, pad_to_multiple_of=4)["input_ids"].shape == (1, 8)  # already a multiple
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be a positive integer"):
+        pad_batch(rows, pad_to_multiple_of=-2)
 
 
 def test_registry_register_get_list_and_errors():

@@ -160,12 +160,11 @@ def test_deferred_classification_signals_are_materialized_at_any_cadence(tmp_pat
         out = tmp_path / f"bound{bound}"
         trainer = ScoringTrainer(model=model, args=make_args(out, **extra), train_dataset=dataset,
                                  data_collator=PadCollator())
-        steps_with_logits = []
-        original = trainer.compute_loss
+        steps_with_logits: list[int] = []
 
-        def spy(*args, **kwargs):
-            result = original(*args, **kwargs)
-            steps_with_logits.append(sum("logits" in e for e in trainer._buffers["presentations"]))
+        def spy(*args, _original=trainer.compute_loss, _trainer=trainer, _seen=steps_with_logits, **kwargs):
+            result = _original(*args, **kwargs)
+            _seen.append(sum("logits" in e for e in _trainer._buffers["presentations"]))
             return result
 
         trainer.compute_loss = spy

@@ -114,12 +114,15 @@ class StaticNormsStep:
 class NormsGraphCache:
     """The captured steps of one `PerExampleGradNorms`, keyed by batch signature (least recently used evicted)."""
 
-    def __init__(self, owner: PerExampleGradNorms, max_graphs: int = 8, *, capture: bool = True) -> None:
+    #: Whether new caches capture graphs; tests without a GPU set it to False to run the static step eagerly.
+    capture_default: bool = True
+
+    def __init__(self, owner: PerExampleGradNorms, max_graphs: int = 8, *, capture: bool | None = None) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be at least 1, got {max_graphs}.")
         self.owner = owner
         self.max_graphs = max_graphs
-        self.capture = capture
+        self.capture = self.capture_default if capture is None else capture
         self.steps: OrderedDict[tuple, StaticNormsStep] = OrderedDict()
         self.causal: bool | None = None
         self.num_outputs: int | None = None

@@ -244,6 +244,7 @@ def pad_batch(
     tokenizer: Any = None,
     pad_token_id: int = 0,
     keys: Iterable[str] = ("input_ids", "attention_mask", "token_type_ids", "labels"),
+    pad_to_multiple_of: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Dynamically pad token sequences of a batch to the batch's longest row (right padding).
 
@@ -253,6 +254,8 @@ def pad_batch(
         tokenizer (*optional*): its `pad_token_id` (or `eos_token_id` when it has none) is used for `input_ids`.
         pad_token_id (`int`, defaults to 0): pad id when no tokenizer is given.
         keys (`Iterable[str]`): which sequence columns to pad; other columns are ignored.
+        pad_to_multiple_of (`int`, *optional*): round the padded length up to a multiple of this (fewer distinct
+            shapes, e.g. for CUDA graphs).
 
     Returns:
         `dict[str, torch.Tensor]`: int64 tensors `[B, T]`, always with an `attention_mask` (1 on real tokens).
@@ -282,6 +285,10 @@ def pad_batch(
     ids = columns["input_ids"]
     lengths = [len(x) for x in ids]
     width = max(lengths) if lengths else 0
+    if pad_to_multiple_of is not None:
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     out: dict[str, torch.Tensor] = {}
     for key in keys:
         if key not in columns:

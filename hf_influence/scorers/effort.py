@@ -116,6 +116,10 @@ class EffortScorer(Scorer):
             layer's ``v_proj`` LoRA-B).
         loss (`str`, defaults to `"full_prompt"`): ``"full_prompt"`` or ``"response_only"``.
         labels_column (`str`, defaults to `"labels"`): the labels column for ``"response_only"``.
+        cuda_graph (`bool`, defaults to `False`): on a GPU, capture the norms step as CUDA graphs and replay them
+            (`PerExampleGradNorms(cuda_graph=True)`); batches are then padded to a multiple of 64 tokens unless
+            `pad_to_multiple_of` says otherwise.
+        pad_to_multiple_of (`int`, *optional*): pad each batch to a multiple of this length.
         **kwargs: `column`, `batch_size`, `device` (see `Scorer`).
 
     Example:
@@ -138,9 +142,15 @@ class EffortScorer(Scorer):
         scope: str | None = None,
         loss: str = "full_prompt",
         labels_column: str = "labels",
+        cuda_graph: bool = False,
+        pad_to_multiple_of: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
+        self.cuda_graph = cuda_graph
+        self.pad_to_multiple_of = pad_to_multiple_of if pad_to_multiple_of or not cuda_graph else 64
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"EffortScorer needs a model object (torch.nn.Module), got {type(model).__name__}.")
         check_causal_lm(model)
@@ -200,13 +210,15 @@ class EffortScorer(Scorer):
             rows["attention_mask"] = batch["attention_mask"]
         if self.loss == "response_only":
             rows["labels"] = batch[self.labels_column]
-        padded = pad_batch(rows, tokenizer=self.tokenizer, pad_token_id=self.pad_token_id)
+        padded = pad_batch(rows, tokenizer=self.tokenizer, pad_token_id=self.pad_token_id,
+                           pad_to_multiple_of=self.pad_to_multiple_of)
         if self.loss == "full_prompt":
             padded["labels"] = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, -100)
         self.model.to(self.device)
         padded = {k: v.to(self.device) for k, v in padded.items()}
         grad_norms = getattr(self, "_grad_norms", None)
         if grad_norms is None or grad_norms.model is not self.model:
-            grad_norms = self._grad_norms = PerExampleGradNorms(self.model, self.scope_pattern)
+            grad_norms = self._grad_norms = PerExampleGradNorms(self.model, self.scope_pattern,
+                                                                cuda_graph=self.cuda_graph)
         norms = grad_norms(padded)
         return norms.detach().double().cpu().numpy()

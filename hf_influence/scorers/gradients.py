@@ -28,11 +28,17 @@ class _GradientNormScorer(ModelOutputScorer):
 
     squared: ClassVar[bool] = False
 
-    def __init__(self, model: Any, *, params: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: Any, *, params: str | None = None, cuda_graph: bool = False, **kwargs: Any) -> None:
+        if cuda_graph and kwargs.get("pad_to_multiple_of") is None:
+            kwargs["pad_to_multiple_of"] = 64  # one captured graph per padded length: keep the lengths few
         super().__init__(model, **kwargs)
         if params is not None and not isinstance(params, str):
             raise TypeError(f"params must be None or a parameter-name regex string, got {type(params).__name__}.")
+        if cuda_graph and not self.cache_models:
+            raise ValueError("cuda_graph=True needs cache_models=True: the graphs are captured once per checkpoint "
+                             "and replayed for every batch, so the checkpoints must stay loaded.")
         self.params = params
+        self.cuda_graph = cuda_graph
         self._grad_norms: dict[int, PerExampleGradNorms] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -49,7 +55,7 @@ class _GradientNormScorer(ModelOutputScorer):
         """The hook plan of `model`, kept while the scorer caches its checkpoints (`cache_models=True`)."""
         grad_norms = self._grad_norms.get(id(model))
         if grad_norms is None or grad_norms.model is not model:
-            grad_norms = PerExampleGradNorms(model, self.params, task=self.task)
+            grad_norms = PerExampleGradNorms(model, self.params, task=self.task, cuda_graph=self.cuda_graph)
             if self.cache_models:
                 self._grad_norms[id(model)] = grad_norms
         return grad_norms
@@ -80,8 +86,12 @@ class GraNdScorer(_GradientNormScorer):
         model: checkpoint(s) as in `ModelOutputScorer` (a run folder expands to its `checkpoint-*` folders; pass one
             checkpoint per independent run/seed to average over runs).
         params (`str`, *optional*): parameter-name regex (e.g. `r"classifier"`); default: every trainable parameter.
-        **kwargs: `task`, `tokenizer`, `text_columns`, `max_length`, `pad_token_id`, `model_kwargs`, `cache_models`,
-            `column`, `batch_size`, `label_column`, `device` (see `ModelOutputScorer`).
+        cuda_graph (`bool`, defaults to `False`): on a GPU, capture each checkpoint's norms step as CUDA graphs and
+            replay them (`PerExampleGradNorms(cuda_graph=True)`); batches are then padded to a multiple of 64 tokens
+            unless `pad_to_multiple_of` says otherwise. Needs `cache_models=True`.
+        **kwargs: `task`, `tokenizer`, `text_columns`, `max_length`, `pad_token_id`, `pad_to_multiple_of`,
+            `model_kwargs`, `cache_models`, `column`, `batch_size`, `label_column`, `device` (see
+            `ModelOutputScorer`).
 
     Example:
         ```python

@@ -39,6 +39,8 @@ class ModelOutputScorer(Scorer):
             `token_type_ids`).
         max_length (`int`, *optional*): truncation length when tokenizing `text_columns`.
         pad_token_id (`int`, *optional*): pad id when no tokenizer is given (defaults to the model config's, else 0).
+        pad_to_multiple_of (`int`, *optional*): pad each batch to a multiple of this length instead of its longest
+            row (fewer distinct shapes; the scores do not change beyond float rounding).
         model_kwargs (`dict`, *optional*): passed to `from_pretrained` when loading paths.
         cache_models (`bool`, defaults to `True`): keep loaded checkpoints in memory between batches.
         **kwargs: `column`, `batch_size`, `label_column`, `device` (see `Scorer`).
@@ -59,6 +61,7 @@ class ModelOutputScorer(Scorer):
         text_columns: str | Sequence[str] | None = None,
         max_length: int | None = None,
         pad_token_id: int | None = None,
+        pad_to_multiple_of: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
         cache_models: bool = True,
         **kwargs: Any,
@@ -81,6 +84,9 @@ class ModelOutputScorer(Scorer):
             raise ValueError(f"At most two text columns (a sentence pair) are supported, got {self.text_columns}.")
         self.max_length = max_length
         self.pad_token_id = pad_token_id
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.model_kwargs = dict(model_kwargs or {})
         self.cache_models = cache_models
         self._models: dict[int, Any] = {}
@@ -160,7 +166,8 @@ class ModelOutputScorer(Scorer):
         if pad is None and self.tokenizer is None:
             config = getattr(self._model(0), "config", None)
             pad = getattr(config, "pad_token_id", None)
-        return pad_batch(rows, tokenizer=self.tokenizer, pad_token_id=0 if pad is None else int(pad))
+        return pad_batch(rows, tokenizer=self.tokenizer, pad_token_id=0 if pad is None else int(pad),
+                         pad_to_multiple_of=self.pad_to_multiple_of)
 
     def signals_for(self, model: Any, inputs: dict[str, Any], labels: Any) -> dict[str, Any]:
         """All `hf_influence.signals` of one checkpoint on one padded batch."""
