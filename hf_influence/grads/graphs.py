@@ -95,7 +95,9 @@ class StaticNormsStep:
                 self.step()
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # capture on the warm-up stream: BLAS handles and workspaces are cached per stream, and creating one in the
+        # middle of a capture is not allowed
+        with torch.cuda.graph(self.graph, pool=pool, stream=side):
             self.outputs = self.step()
 
     def run(self, inputs: Mapping[str, Any], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
