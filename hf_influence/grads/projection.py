@@ -72,6 +72,7 @@ class GradientProjector:
         self.model_layers: list[_Layer] = projected
         self.layers: list[dict[str, Any]] = []
         self.matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_copies: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         offset = 0
         for layer in projected:
             weight = layer.module.weight
@@ -85,6 +86,14 @@ class GradientProjector:
             self.layers.append(dict(name=layer.name, d_in=d_in, d_out=p, k_in=ki, k_out=ko, offset=offset))
             offset += ki * ko
         self.feature_dim = offset
+
+    def matrices_on(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(P_in, P_out)` of layer `name` on `device`, copied there once and kept (not once per batch)."""
+        key = (name, str(device))
+        cached = self._device_copies.get(key)
+        if cached is None:
+            cached = self._device_copies[key] = tuple(m.to(device) for m in self.matrices[name])
+        return cached
 
     def config_dict(self) -> dict[str, Any]:
         return {"params": self.params if isinstance(self.params, (str, type(None))) else sorted(map(str, self.params)),
@@ -102,7 +111,7 @@ class _ProjectionEngine(_HookEngine):
 
     def consume(self, layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> None:
         batch = grad.shape[0]
-        p_in, p_out = (m.to(grad.device) for m in self.projector.matrices[layer.name])
+        p_in, p_out = self.projector.matrices_on(layer.name, grad.device)
         a = x.reshape(batch, -1, x.shape[-1]).float()
         b = grad.reshape(batch, -1, grad.shape[-1]).float()
         projected_in = torch.zeros(*a.shape[:2], p_in.shape[1], device=a.device)
