@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -152,3 +154,20 @@ def smollm2_tokenizer(request):
         os.replace(os.path.join(staging, name), cache / name)
     shutil.rmtree(staging, ignore_errors=True)
     return tokenizer
+
+
+def hand_signals(logits: torch.Tensor, gold: int) -> dict[str, float]:
+    """One prediction's signals from their definitions, in float64 (independent of hf_influence.signals)."""
+    z = logits.double()
+    p = torch.softmax(z, -1)
+    others = torch.cat([z[:gold], z[gold + 1 :]])
+    onehot = torch.zeros_like(p)
+    onehot[gold] = 1
+    return {
+        "loss": float(F.cross_entropy(z[None], torch.tensor([gold]))),
+        "prob_gold": float(p[gold]),
+        "margin": float(z[gold] - others.max()) if len(others) else math.inf,
+        "correct": float(int(z.argmax()) == gold),
+        "el2n": float(torch.linalg.vector_norm(p - onehot)),
+        "entropy": float(-sum(pk * math.log(pk) for pk in p.tolist() if pk > 0)),
+    }

@@ -6,27 +6,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import hand_signals
 
 from hf_influence import signals as signals_module
 from hf_influence.signals import SIGNAL_NAMES, causal_lm_signals, classification_signals, token_signals
-
-
-def hand(logits: torch.Tensor, gold: int) -> dict[str, float]:
-    """One token, written out from the definitions in the module docstring (float64)."""
-    z = logits.double()
-    p = torch.softmax(z, -1)
-    others = torch.cat([z[:gold], z[gold + 1 :]])
-    onehot = torch.zeros_like(p)
-    onehot[gold] = 1
-    return {
-        "loss": float(F.cross_entropy(z[None], torch.tensor([gold]))),
-        "prob_gold": float(p[gold]),
-        "margin": float(z[gold] - others.max()) if len(others) else math.inf,
-        "correct": float(int(z.argmax()) == gold),
-        "el2n": float(torch.linalg.vector_norm(p - onehot)),
-        "entropy": float(-sum(pk * math.log(pk) for pk in p.tolist() if pk > 0)),
-    }
 
 
 def test_token_signals_match_hand_formulas_with_ties_and_masked_vocabulary():
@@ -39,7 +22,7 @@ def test_token_signals_match_hand_formulas_with_ties_and_masked_vocabulary():
     logits[5, 0] = logits[5].max() + 5  # gold is the clear argmax: runner-up is the second largest
     ours = token_signals(logits, labels)
     for i in range(7):
-        expected = hand(logits[i], int(labels[i]))
+        expected = hand_signals(logits[i], int(labels[i]))
         for name in SIGNAL_NAMES:
             assert float(ours[name][i]) == pytest.approx(expected[name], rel=1e-5, abs=1e-6), (i, name)
     single = token_signals(torch.randn(3, 1, generator=g), torch.zeros(3, dtype=torch.long))
@@ -59,7 +42,7 @@ def test_causal_lm_signals_average_label_tokens_in_chunks(monkeypatch, chunk_byt
     ours = causal_lm_signals(logits, labels)
     assert ours["num_tokens"].tolist() == [3, 3, 0, 5]
     for i in range(4):
-        tokens = [hand(logits[i, t - 1], int(labels[i, t])) for t in range(1, 6) if labels[i, t] != -100]
+        tokens = [hand_signals(logits[i, t - 1], int(labels[i, t])) for t in range(1, 6) if labels[i, t] != -100]
         for name in SIGNAL_NAMES:
             if not tokens:
                 assert math.isnan(float(ours[name][i]))

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import random_classification_dataset, tiny_bert_config, tiny_llama_config
+from conftest import hand_signals, random_classification_dataset, tiny_bert_config, tiny_llama_config
 from transformers import BertForSequenceClassification, LlamaForCausalLM, Trainer, TrainerCallback
 
 from hf_influence.config import ScoringConfig
@@ -47,23 +46,6 @@ def make_args(tmp_path, **kwargs) -> ScoringConfig:
                     seed=0, disable_tqdm=True)
     defaults.update(kwargs)
     return ScoringConfig(**defaults)
-
-
-def hand_signals(logits: torch.Tensor, gold: int) -> dict[str, float]:
-    """Signals of one prediction, written out from the definitions (independent of hf_influence.signals)."""
-    logits = logits.double()
-    probs = torch.softmax(logits, -1)
-    others = torch.cat([logits[:gold], logits[gold + 1:]])
-    onehot = torch.zeros_like(probs)
-    onehot[gold] = 1
-    return {
-        "loss": float(F.cross_entropy(logits[None], torch.tensor([gold]))),
-        "prob_gold": float(probs[gold]),
-        "margin": float(logits[gold] - others.max()),
-        "correct": float(int(logits.argmax()) == gold),
-        "el2n": float(torch.linalg.vector_norm(probs - onehot)),
-        "entropy": float(-(probs * torch.log(probs)).sum()),
-    }
 
 
 @torch.no_grad()
