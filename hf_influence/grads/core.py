@@ -4,6 +4,8 @@ loss the Trainer optimises, and a context that puts a model in eval mode with fr
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -108,13 +110,22 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.lru_cache(maxsize=64)
+def _forward_takes_use_cache(model_class: type) -> bool:
+    """Whether `model_class.forward` declares a `use_cache` argument (decoders with a KV cache do)."""
+    try:
+        return "use_cache" in inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def prepare_batch(
     model: nn.Module, batch: Mapping[str, Any], *, need_labels: bool = True
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Split a collated batch into model inputs and labels, on the model's device.
 
     Drops the example-id column and the labels from the inputs (the model's own loss is not needed: per-example
-    losses are computed here), and turns the KV cache off for models whose config has one.
+    losses are computed here), and turns the KV cache off for models whose forward takes `use_cache`.
 
     Raises:
         ValueError: if labels are needed and the batch has none, or `input_ids` and `inputs_embeds` are both missing.
@@ -139,7 +150,7 @@ def prepare_batch(
     ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
     if ids is None:
         raise ValueError(f"The batch needs 'input_ids' (or 'inputs_embeds'); got keys {sorted(batch)}.")
-    if getattr(getattr(unwrap_model(model), "config", None), "use_cache", None) is not None:
+    if _forward_takes_use_cache(type(unwrap_model(model))):
         inputs.setdefault("use_cache", False)  # no KV cache: nothing is generated, and it costs memory and copies
     return inputs, labels
 
