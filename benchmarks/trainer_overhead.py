@@ -26,19 +26,33 @@ from op_counts import OpCounter
 
 
 def build_dataset(num_rows: int, seq_len: int, tokenizer):
+    """SNLI pairs from the shared folder, tokenized and padded to `seq_len`; without the tokenizer or the shared data
+    (e.g. on a GPU machine that has neither), random token ids and labels of the same shapes: the timing depends on
+    the shapes only."""
     from datasets import Dataset
 
     from hf_influence.data import add_example_ids
     from hf_influence.paths import shared_data_dir
 
     rows = []
-    with open(shared_data_dir("snli") / "train.jsonl") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row["label"] in (0, 1, 2):
-                rows.append(row)
-            if len(rows) == num_rows:
-                break
+    try:
+        with open(shared_data_dir("snli") / "train.jsonl") as handle:
+            for line in handle:
+                row = json.loads(line)
+                if row["label"] in (0, 1, 2):
+                    rows.append(row)
+                if len(rows) == num_rows:
+                    break
+    except FileNotFoundError as error:
+        print(f"(shared SNLI not found: {error})", flush=True)
+    if tokenizer is None or len(rows) < num_rows:
+        print("(using random token ids and labels of the same shapes)", flush=True)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1000, 30000, (num_rows, seq_len), generator=g)
+        return add_example_ids(Dataset.from_dict({
+            "input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+            "token_type_ids": torch.zeros_like(ids).tolist(),
+            "label": torch.randint(0, 3, (num_rows,), generator=g).tolist()}))
     encoded = tokenizer([r["premise"] for r in rows], [r["hypothesis"] for r in rows], truncation=True,
                         max_length=seq_len, padding="max_length")
     return add_example_ids(Dataset.from_dict({**encoded, "label": [r["label"] for r in rows]}))
@@ -77,6 +91,10 @@ def fresh_model(options, model_path) -> torch.nn.Module:
     if options.model == "tiny_bert":
         return BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6,
                                                         num_attention_heads=1, intermediate_size=128, num_labels=3))
+    if model_path is None:  # MiniLM's architecture with random weights (the package is not installed)
+        return BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                                                        num_attention_heads=12, intermediate_size=1536,
+                                                        num_labels=3))
     return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3, dtype=torch.float32)
 
 
@@ -136,8 +154,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from hf_influence.paths import packaged_minilm_path
 
-    model_path = packaged_minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        model_path = packaged_minilm_path()
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (FileNotFoundError, ImportError) as error:  # ModuleNotFoundError included
+        print(f"(packaged MiniLM not found: {error}; MiniLM's architecture with random weights)", flush=True)
+        model_path, tokenizer = None, None
     dataset = build_dataset(options.batch_size * (options.warmup + options.steps), options.seq_len, tokenizer)
     torch.manual_seed(0)
     state_dict = fresh_model(options, model_path).state_dict()
