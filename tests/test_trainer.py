@@ -412,3 +412,31 @@ def test_config_from_command_line(tmp_path):
     assert config.signals_dir is None and config.example_id_column == "example_id"
     with pytest.raises(SystemExit):
         HfArgumentParser(ScoringConfig).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--task", "ner"])
+
+
+def test_auto_find_batch_size_restart_keeps_no_partial_records(tmp_path):
+    """A simulated out-of-memory error in the third step makes `auto_find_batch_size` restart the loop at a smaller
+    batch size (accelerate takes 90%: 4 -> 3). The records flushed before the failure (a save every step) are
+    truncated, the buffered ones dropped, and the final store holds every example once per epoch with the
+    single-example reference signals."""
+    dataset = add_example_ids(random_classification_dataset(n=22))
+    model = bert()
+    reference = reference_classification(model, dataset)
+    trainer = ScoringTrainer(model=model, args=make_args(tmp_path, auto_find_batch_size=True, save_strategy="steps",
+                                                         save_steps=1), train_dataset=dataset,
+                             data_collator=PadCollator())
+    calls = {"n": 0}
+
+    def failing_step(*args, _original=trainer.training_step, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return _original(*args, **kwargs)
+
+    trainer.training_step = failing_step
+    trainer.train()
+    assert calls["n"] == 2 + 1 + 16 and trainer._train_batch_size == 3  # restarted: 2 epochs x ceil(22 / 3) steps
+    records = trainer.signal_store.records()
+    check_records(records, reference, epochs=2, n=22, atol=1e-5)
+    assert set(records["step"]) == set(range(16))  # 8 steps of 3 per epoch, counted from the restart
+    assert len(SignalStore.load(tmp_path / "out" / "signals")) == 44
