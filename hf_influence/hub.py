@@ -135,6 +135,16 @@ def _write_provenance(folder: Path, provenance: Mapping[str, Any]) -> None:
     )
 
 
+def _features_yaml(dataset_dict: Any) -> dict[str, Any]:
+    """The card's ``dataset_info`` entry (the column types). `load_dataset` reads the features from it; without it the
+    Arrow builder may reuse column types cached for an earlier folder of the same name, and then misses new score
+    columns (datasets 5.2 keys that cache by the folder name and the relative data-file patterns)."""
+    from datasets.info import DatasetInfo
+
+    first = next(iter(dataset_dict.values()))
+    return DatasetInfo(features=first.features)._to_yaml_dict()
+
+
 def save_scored_dataset(
     dataset: Any,
     path: str | os.PathLike,
@@ -231,6 +241,7 @@ def save_scored_dataset(
             tags=tags,
             task_categories=task_categories,
             pretty_name=pretty_name,
+            card_data={"dataset_info": _features_yaml(dataset_dict)},
         )
         card.save(staging / CARD_FILENAME)
         if path.exists():

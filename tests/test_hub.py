@@ -381,6 +381,22 @@ def test_save_round_trip_both_loaders_card_and_provenance(tmp_path):
     assert provenance["versions"]["hf_influence"] == hf_influence.__version__
 
 
+def test_load_dataset_sees_new_score_columns_of_a_rescored_folder(tmp_path):
+    """Re-scoring into another folder of the same name (a new run's output) adds a column: load_dataset must see it
+    (the card's dataset_info carries the column types; without it datasets reused the types it had cached for the
+    earlier folder, and the new column was dropped or failed to cast)."""
+    cache = str(tmp_path / "cache")
+    first = save_scored_dataset(_scored_dataset(), tmp_path / "run1" / "scored", scorers=SCORE_ENTRIES)
+    assert datasets.load_dataset(str(first), cache_dir=cache)["train"].column_names[-1] == "forgetting"
+    rescored = _scored_dataset().add_column("aum", np.linspace(-1, 1, 22).astype(np.float32),
+                                            feature=datasets.Value("float32"))
+    entries = [*SCORE_ENTRIES, {**SCORE_ENTRIES[0], "name": "aum", "column": "aum"}]
+    second = save_scored_dataset(rescored, tmp_path / "run2" / "scored", scorers=entries)
+    loaded = datasets.load_dataset(str(second), cache_dir=cache)["train"]
+    _assert_same_rows(loaded, rescored)
+    assert DatasetCard.load(second / "README.md").data.dataset_info["features"][-1]["name"] == "aum"
+
+
 def test_save_dataset_dict_and_selection(tmp_path):
     ds = _scored_dataset()
     kept, report = hf_influence.select_by_score(ds, "el2n", 0.5, "easiest", return_report=True)
