@@ -82,7 +82,8 @@ class ScoreSpec:
         name: the recipe's score name (also the dataset column).
         source: `"store"` (a SignalStore summary statistic of the scoring runs, averaged over seeds),
             `"checkpoint"` (a registered Scorer evaluated at the early checkpoint of every scoring seed, averaged),
-            `"trajectory"` (a registered Scorer over the N_c checkpoints of the first scoring seed).
+            `"trajectory"` (a registered Scorer over the N_c checkpoints of the first scoring seed), `"null"` (PVI:
+            the final checkpoints of the scoring runs against a run fine-tuned on empty inputs).
         default_strategy: the `select_by_score` strategy used unless `--selections` says otherwise.
         polarity: `"higher_is_harder"` or `"higher_is_easier"`.
     """
@@ -117,6 +118,9 @@ SCORES: dict[str, ScoreSpec] = {
                   "VoG over N_c checkpoints of one run, z-scored over the whole dataset"),
         ScoreSpec("tracin", "trajectory", "hardest", "higher_is_harder",
                   "TracIn self-influence summed over the N_c checkpoints of one run"),
+        ScoreSpec("pvi", "null", "hardest", "higher_is_easier",
+                  "pointwise V-information (bits): log2 p(y|x) at the end of the scoring runs (mean over seeds) minus "
+                  "log2 p(y|empty pair) of the same model fine-tuned on empty inputs"),
     )
 }
 
@@ -769,20 +773,21 @@ def scoring_needs(scores: Sequence[str]) -> dict[str, bool]:
     sources = {SCORES[s].source for s in scores}
     return {
         "early": bool({"el2n", "grand"} & set(scores)),
-        "final": "loss" in scores,
+        "final": bool({"loss", "pvi"} & set(scores)),
         "trajectory": "trajectory" in sources,
         "store": "store" in sources,
+        "null": "null" in sources,
     }
 
 
 def run_scoring_training(seed: int, first: bool, train, *, model_path: str, config, tokenizer, collator,
                          model_args: ModelArguments, prune_args: PruningArguments, training_args,
-                         output_dir: Path) -> ScoringRun:
+                         output_dir: Path, run_name: str | None = None) -> ScoringRun:
     """Fine-tune one scoring run with ScoringTrainer (signals recorded) and save the checkpoints the scorers need."""
     from hf_influence.trainer import ScoringTrainer
 
     needs = scoring_needs(prune_args.scores)
-    run_dir = output_dir / "scoring" / f"seed_{seed}"
+    run_dir = output_dir / "scoring" / (run_name or f"seed_{seed}")
     epochs = prune_args.scoring_num_train_epochs or training_args.num_train_epochs
     args = dataclasses.replace(
         training_args,
@@ -826,8 +831,25 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
 
 
 
+def null_input_ids(tokenizer) -> dict[str, list[int]]:
+    """The token columns of the empty premise/hypothesis pair (e.g. `[CLS] [SEP] [SEP]`), PVI's null input."""
+    encoded = tokenizer("", "")
+    return {k: list(encoded[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+
+
+def run_null_training(train, *, prune_args: PruningArguments, tokenizer, **kwargs) -> ScoringRun:
+    """PVI's null model: the first scoring run's recipe on the same rows with every pair replaced by the empty pair
+    (Ethayarajh et al. 2022; `hf_influence.scorers.pvi.make_null_input_dataset` on the tokenized split)."""
+    empty = null_input_ids(tokenizer)
+    null_train = train.map(lambda row: empty, desc="Null inputs (PVI)")
+    seed = prune_args.scoring_seeds[0]
+    null_args = dataclasses.replace(prune_args, scores=["loss"], selections=[])  # only the final checkpoint
+    return run_scoring_training(seed, False, null_train, prune_args=null_args, tokenizer=tokenizer,
+                                run_name=f"null_seed_{seed}", **kwargs)
+
+
 def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningArguments, data_args: DataArguments,
-                  config):
+                  config, null_run: ScoringRun | None = None):
     """Add one float32 column per requested score to the tokenised training set (main process only).
 
     - ``el2n``/``grand``: EL2NScorer/GraNdScorer in eval mode at the end of epoch ``--el2n_epoch`` of EVERY scoring
@@ -841,6 +863,8 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
       (``normalization.add_normalized_column``); the raw ``vog`` column is kept too.
     - ``tracin``: TracInScorer self-influence over the same N_c checkpoints, constant eta = 1 and the gradients of the
       last encoder layer (``--tracin_params``), as Anand et al.
+    - ``pvi``: PVIScorer, log2 p(y|x) of the final checkpoint of every scoring seed (averaged) minus log2 p(y|empty
+      pair) of ``null_run``, the first seed's recipe fine-tuned on empty pairs (Ethayarajh et al. 2022, Def. 3).
 
     Returns:
         `tuple`: (scored dataset, card entries of the score columns, scoring checkpoints, combined summary or None,
@@ -895,8 +919,13 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
             params = rf"\.layer\.{config.num_hidden_layers - 1}\."
         add(get_scorer("tracin", model=trajectory, learning_rates=1.0, params=None if params == "all" else params,
                        **common))
+    null = [null_run.final_checkpoint] if null_run is not None else []
+    if "pvi" in scores:
+        empty = null_input_ids(tokenizer)
+        add(get_scorer("pvi", model=final, null_model=null, null_input_ids=empty["input_ids"],
+                       null_token_type_ids=empty.get("token_type_ids"), **common))
     checkpoints: list[str] = []
-    for path in [*early, *final, *trajectory]:
+    for path in [*early, *final, *trajectory, *null]:
         if str(path) not in checkpoints:
             checkpoints.append(str(path))
     return scored, entries, checkpoints, summary, stability
@@ -1211,6 +1240,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
             )
             for index, seed in enumerate(prune_args.scoring_seeds if prune_args.scores else [])
         ]
+        null_run = None
+        if prune_args.scores and scoring_needs(prune_args.scores)["null"]:
+            null_run = run_null_training(
+                train, model_path=model_path, config=config, tokenizer=tokenizer, collator=collator,
+                model_args=model_args, prune_args=prune_args, training_args=training_args, output_dir=output_dir,
+            )
     scored_dir = output_dir / "scored_dataset"
     entries: list[dict[str, Any]] = []
     checkpoints: list[Any] = []
@@ -1218,7 +1253,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         with timer.phase("scoring_scorers"):
             if is_main:
                 scored, entries, checkpoints, summary, stability = attach_scores(
-                    train, runs, tokenizer, prune_args, data_args, config)
+                    train, runs, tokenizer, prune_args, data_args, config, null_run)
                 scored.select_columns([EXAMPLE_ID, *[e["column"] for e in entries]]).to_parquet(
                     str(output_dir / "scores.parquet"))
             state.wait_for_everyone()
