@@ -119,8 +119,9 @@ SCORES: dict[str, ScoreSpec] = {
         ScoreSpec("tracin", "trajectory", "hardest", "higher_is_harder",
                   "TracIn self-influence summed over the N_c checkpoints of one run"),
         ScoreSpec("pvi", "null", "hardest", "higher_is_easier",
-                  "pointwise V-information (bits): log2 p(y|x) at the end of the scoring runs (mean over seeds) minus "
-                  "log2 p(y|empty pair) of the same model fine-tuned on empty inputs"),
+                  "pointwise V-information (bits): log2 p(y|x) at the end of epoch --pvi_epoch of every scoring run "
+                  "(mean over seeds) minus log2 p(y|empty pair) of a model fine-tuned --pvi_epoch epochs on empty "
+                  "inputs"),
     )
 }
 
@@ -225,6 +226,11 @@ class PruningArguments:
     el2n_epoch: int = field(
         default=2, metadata={"help": "EL2N/GraNd are computed at the end of this epoch (1-based; the paper used 2)."}
     )
+    pvi_epoch: int = field(
+        default=2,
+        metadata={"help": "PVI: the real-input model is taken at the end of this epoch of every scoring run and the "
+                          "null model is trained for this many epochs (the paper: 2)."},
+    )
     num_score_checkpoints: int = field(
         default=10, metadata={"help": "N_c: evenly spaced checkpoints of the first scoring run used by VoG/TracIn."}
     )
@@ -285,6 +291,8 @@ class PruningArguments:
             raise ValueError("Scores need at least one --scoring_seeds value, e.g. --scoring_seeds 0.")
         if self.el2n_epoch < 1:
             raise ValueError(f"--el2n_epoch is 1-based and must be at least 1, got {self.el2n_epoch}.")
+        if self.pvi_epoch < 1:
+            raise ValueError(f"--pvi_epoch is 1-based and must be at least 1, got {self.pvi_epoch}.")
         if self.num_score_checkpoints < 2:
             raise ValueError(
                 f"--num_score_checkpoints must be at least 2 (VoG is a variance), got {self.num_score_checkpoints}."
@@ -767,13 +775,14 @@ class ScoringRun:
     early_checkpoint: Path | None
     final_checkpoint: Path | None
     trajectory: list[Path]
+    pvi_checkpoint: Path | None = None
 
 
 def scoring_needs(scores: Sequence[str]) -> dict[str, bool]:
     sources = {SCORES[s].source for s in scores}
     return {
         "early": bool({"el2n", "grand"} & set(scores)),
-        "final": bool({"loss", "pvi"} & set(scores)),
+        "final": "loss" in scores,
         "trajectory": "trajectory" in sources,
         "store": "store" in sources,
         "null": "null" in sources,
@@ -804,7 +813,7 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
     )
     schedule = CheckpointSchedule(
         num_evenly_spaced=prune_args.num_score_checkpoints if (first and needs["trajectory"]) else 0,
-        epochs=[prune_args.el2n_epoch] if needs["early"] else [],
+        epochs=([prune_args.el2n_epoch] if needs["early"] else []) + ([prune_args.pvi_epoch] if needs["null"] else []),
         final=needs["final"],
     )
     model = load_model(model_path, config, tokenizer, seed, quiet=not first)
@@ -819,6 +828,7 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
     )
     trainer.train()
     early = run_dir / f"checkpoint-{schedule.epoch_steps[prune_args.el2n_epoch]}" if needs["early"] else None
+    pvi = run_dir / f"checkpoint-{schedule.epoch_steps[prune_args.pvi_epoch]}" if needs["null"] else None
     final = run_dir / f"checkpoint-{schedule.max_steps}" if needs["final"] else None
     trajectory = [run_dir / f"checkpoint-{step}" for step in schedule.steps]
     if first and needs["trajectory"] and len(trajectory) < prune_args.num_score_checkpoints:
@@ -826,7 +836,7 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
             f"The scoring run has only {schedule.max_steps} steps, so {len(trajectory)} distinct checkpoints were "
             f"saved instead of --num_score_checkpoints={prune_args.num_score_checkpoints}."
         )
-    return ScoringRun(seed, run_dir, trainer.signal_store, early, final, trajectory)
+    return ScoringRun(seed, run_dir, trainer.signal_store, early, final, trajectory, pvi)
 
 
 
@@ -843,7 +853,9 @@ def run_null_training(train, *, prune_args: PruningArguments, tokenizer, **kwarg
     empty = null_input_ids(tokenizer)
     null_train = train.map(lambda row: empty, desc="Null inputs (PVI)")
     seed = prune_args.scoring_seeds[0]
-    null_args = dataclasses.replace(prune_args, scores=["loss"], selections=[])  # only the final checkpoint
+    # only the final checkpoint, after --pvi_epoch epochs
+    null_args = dataclasses.replace(prune_args, scores=["loss"], selections=[],
+                                    scoring_num_train_epochs=prune_args.pvi_epoch)
     return run_scoring_training(seed, False, null_train, prune_args=null_args, tokenizer=tokenizer,
                                 run_name=f"null_seed_{seed}", **kwargs)
 
@@ -863,8 +875,9 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
       (``normalization.add_normalized_column``); the raw ``vog`` column is kept too.
     - ``tracin``: TracInScorer self-influence over the same N_c checkpoints, constant eta = 1 and the gradients of the
       last encoder layer (``--tracin_params``), as Anand et al.
-    - ``pvi``: PVIScorer, log2 p(y|x) of the final checkpoint of every scoring seed (averaged) minus log2 p(y|empty
-      pair) of ``null_run``, the first seed's recipe fine-tuned on empty pairs (Ethayarajh et al. 2022, Def. 3).
+    - ``pvi``: PVIScorer, log2 p(y|x) at the end of epoch ``--pvi_epoch`` of every scoring seed (averaged) minus
+      log2 p(y|empty pair) of ``null_run``, the first seed's recipe trained ``--pvi_epoch`` epochs on empty pairs
+      (Ethayarajh et al. 2022, Def. 3; Anand et al. train both for 2 epochs).
 
     Returns:
         `tuple`: (scored dataset, card entries of the score columns, scoring checkpoints, combined summary or None,
@@ -922,10 +935,12 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
     null = [null_run.final_checkpoint] if null_run is not None else []
     if "pvi" in scores:
         empty = null_input_ids(tokenizer)
-        add(get_scorer("pvi", model=final, null_model=null, null_input_ids=empty["input_ids"],
+        real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
+        add(get_scorer("pvi", model=real, null_model=null, null_input_ids=empty["input_ids"],
                        null_token_type_ids=empty.get("token_type_ids"), **common))
     checkpoints: list[str] = []
-    for path in [*early, *final, *trajectory, *null]:
+    pvi_real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
+    for path in [*early, *final, *trajectory, *pvi_real, *null]:
         if str(path) not in checkpoints:
             checkpoints.append(str(path))
     return scored, entries, checkpoints, summary, stability
@@ -961,6 +976,7 @@ def save_scored(scored, path: Path, entries, checkpoints, summary, stability, mo
             "max_train_samples": data_args.max_train_samples,
             "scoring_num_train_epochs": prune_args.scoring_num_train_epochs or training_args.num_train_epochs,
             "el2n_epoch": prune_args.el2n_epoch,
+            "pvi_epoch": prune_args.pvi_epoch,
             "num_score_checkpoints": prune_args.num_score_checkpoints,
             "dense_eval_steps": training_args.dense_eval_steps,
             "dense_eval_max_epoch": training_args.dense_eval_max_epoch,
@@ -1211,6 +1227,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         raise ValueError("--push_to_hub needs --hub_repo_id user/dataset-name (the dataset repo to create).")
     output_dir = Path(training_args.output_dir)
     scoring_epochs = prune_args.scoring_num_train_epochs or training_args.num_train_epochs
+    if "pvi" in prune_args.scores and prune_args.pvi_epoch > scoring_epochs:
+        raise ValueError(
+            f"--pvi_epoch {prune_args.pvi_epoch} is after the end of the scoring runs ({scoring_epochs} epochs); "
+            "lower --pvi_epoch or raise --scoring_num_train_epochs."
+        )
     if {"el2n", "grand"} & set(prune_args.scores) and prune_args.el2n_epoch > scoring_epochs:
         raise ValueError(
             f"--el2n_epoch {prune_args.el2n_epoch} is after the end of the scoring runs ({scoring_epochs} epochs); "

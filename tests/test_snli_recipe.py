@@ -74,6 +74,10 @@ def test_inconsistent_scoring_options(tmp_path):
         _run_main(recipe, tmp_path, "--push_to_hub", "true")
     with pytest.raises(ValueError, match=r"--num_score_checkpoints must be at least 2"):
         _run_main(recipe, tmp_path, "--num_score_checkpoints", "1")
+    with pytest.raises(ValueError, match=r"--pvi_epoch 2 is after the end of the scoring runs \(1 epochs\)"):
+        _run_main(recipe, tmp_path, "--pvi_epoch", "2")
+    with pytest.raises(ValueError, match=r"--pvi_epoch is 1-based"):
+        _run_main(recipe, tmp_path, "--pvi_epoch", "0")
     assert not (tmp_path / "out" / "scoring").exists()
 
 
