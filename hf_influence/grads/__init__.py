@@ -1,4 +1,5 @@
-"""Per-example gradient machinery: exact ghost norms, input-embedding gradients and projected gradient features."""
+"""Per-example gradient machinery: exact ghost norms (eager or replayed as CUDA graphs), input-embedding gradients and
+projected gradient features."""
 
 from .core import collate_for_gradients, per_example_losses, select_parameters
 from .ghost import GhostNormCollector, PerExampleGradNorms, per_example_grad_norms
