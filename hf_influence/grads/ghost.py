@@ -212,14 +212,13 @@ def linear_sq_norms_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,
     """
     batch, seq, d = a.shape
     p = b.shape[-1]
-    if not weight or (bias and seq * (p + d) > p * d):
-        if bias:
-            summed = b.sum(1)
-            _rowwise_dot(summed, summed, out[1])
-        if not weight:
-            return
-        bias = False
-    if seq * (p + d) <= p * d:
+    gram = seq * (p + d) <= p * d
+    if bias and not (weight and gram):  # the bias term in its own slot unless the Gram form absorbs it
+        summed = b.sum(1)
+        _rowwise_dot(summed, summed, out[1])
+    if not weight:
+        return
+    if gram:
         step = _chunk(batch, 2 * seq * seq * 4)
         one = _one(a.device, a.dtype) if bias else None
         for s in range(0, batch, step):
@@ -480,7 +479,24 @@ class _HookEngine:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _attention_mask_2d(inputs: Mapping[str, Any]) -> torch.Tensor:
+    """The batch's 2-D `attention_mask`, or all ones shaped like its `input_ids` / `inputs_embeds`."""
+    mask2d = inputs.get("attention_mask")
+    if mask2d is None:
+        ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
+        mask2d = torch.ones(ids.shape[:2], dtype=torch.long, device=ids.device)
+    return mask2d
+
+
+def _likely_causal(model: nn.Module, task: str) -> bool:
+    """The 4-D mask to try first: causal for causal LMs and decoder configs (the other one is tried next)."""
+    return task == "causal_lm" or bool(getattr(getattr(model, "config", None), "is_decoder", False))
+
+
 def _four_d_mask(mask2d: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Additive `[B, 1, T, T]` mask (0 = attend, dtype minimum = masked) from a 2-D padding mask; float32 for a
+    non-floating `dtype`."""
+    dtype = dtype if dtype.is_floating_point else torch.float32
     keep = mask2d.bool()[:, None, None, :].expand(-1, 1, mask2d.shape[1], -1)
     if causal:
         keep = keep & torch.ones(mask2d.shape[1], mask2d.shape[1], dtype=torch.bool, device=mask2d.device).tril()
@@ -509,13 +525,10 @@ def fallback_sq_norms(
     batch_size = labels.shape[0]
     mapped = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (batch_size,)}
     fixed = {k: v for k, v in inputs.items() if k not in mapped}
-    ids = mapped.get("input_ids", mapped.get("inputs_embeds"))
-    mask2d = mapped.pop("attention_mask", None)
-    if mask2d is None:
-        mask2d = torch.ones(ids.shape[:2], dtype=torch.long, device=ids.device)
+    mask2d = _attention_mask_2d(mapped)
+    mapped.pop("attention_mask", None)
     if mask2d.dim() != 2:
         raise ValueError("The torch.func fallback needs a 2-D attention_mask [batch, seq_len].")
-    float_dtype = dtype if dtype.is_floating_point else torch.float32
 
     def loss_one(p: dict, example: dict, label: torch.Tensor, mask4d: torch.Tensor) -> tuple:
         kwargs = {k: v.unsqueeze(0) for k, v in example.items()}
@@ -526,10 +539,10 @@ def fallback_sq_norms(
         return loss[0], loss[0].detach()
 
     per_example = vmap(grad(loss_one, has_aux=True), in_dims=(None, 0, 0, 0), chunk_size=chunk_size)
-    first_causal = task == "causal_lm" or bool(getattr(getattr(model, "config", None), "is_decoder", False))
+    first_causal = _likely_causal(model, task)
     tried = []
     for causal in (first_causal, not first_causal):
-        grads, losses = per_example(detached, mapped, labels, _four_d_mask(mask2d, causal, float_dtype))
+        grads, losses = per_example(detached, mapped, labels, _four_d_mask(mask2d, causal, dtype))
         tried.append(float((losses - reference_losses).abs().max()))
         if torch.allclose(losses, reference_losses, rtol=1e-4, atol=1e-5):
             return sum(g.float().reshape(batch_size, -1).square().sum(-1) for g in grads.values())
@@ -693,12 +706,8 @@ def run_frozen_backward(
     inputs, labels = prepare_batch(model, batch)
     feed = inputs
     if causal_mask is not None:
-        mask2d = inputs.get("attention_mask")
-        if mask2d is None:
-            mask2d = torch.ones(inputs["input_ids"].shape[:2], dtype=torch.long, device=labels.device)
         dtype = next(model.parameters()).dtype
-        feed = {**inputs, "attention_mask": _four_d_mask(mask2d, causal_mask,
-                                                         dtype if dtype.is_floating_point else torch.float32)}
+        feed = {**inputs, "attention_mask": _four_d_mask(_attention_mask_2d(inputs), causal_mask, dtype)}
     with engine:
         outputs = model(**feed)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]

@@ -193,13 +193,12 @@ class NormsGraphCache:
         finally:
             handle.remove()
         self.num_outputs = widths[0] if widths else None
-        base = unwrap_model(owner.model)
-        first = owner.task == "causal_lm" or labels.dim() == 2 or bool(getattr(base.config, "is_decoder", False)) \
-            if hasattr(base, "config") else labels.dim() == 2
+        # token labels ([B, T]) mean a causal LM even when the task was left to "auto"
+        first = ghost._likely_causal(unwrap_model(owner.model), "causal_lm" if labels.dim() == 2 else owner.task)
         errors = []
         for causal in (first, not first):
             probe = StaticNormsStep(owner, inputs, labels, causal, capture=False)
-            probe_sq, probe_losses, _ = probe.step()
+            _, probe_losses, _ = probe.step()
             errors.append(float((probe_losses - losses).abs().max()) if losses.numel() else 0.0)
             if torch.allclose(probe_losses[valid], losses[valid], rtol=1e-4, atol=1e-5):
                 self.causal = causal
