@@ -80,6 +80,19 @@ def classification_signals(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     return token_signals(logits, labels)
 
 
+def check_token_ids(labels: torch.Tensor, vocab_size: int, ignore_index: int = -100) -> None:
+    """Check that every label token id is in ``[0, vocab_size)`` or equals ``ignore_index`` (one host sync).
+
+    Raises:
+        ValueError: naming the valid range.
+    """
+    ids = labels.masked_fill(labels == ignore_index, 0)
+    if ids.numel() and bool((ids.min() < 0) | (ids.max() >= vocab_size)):
+        raise ValueError(
+            f"Label token ids must lie in [0, {vocab_size}) or equal {ignore_index}; got out-of-range ids."
+        )
+
+
 def check_class_ids(labels: torch.Tensor, num_labels: int) -> None:
     """Check that every class id in ``labels`` lies in ``[0, num_labels)`` (an empty tensor passes).
 
@@ -118,9 +131,9 @@ def causal_lm_signals(
     batch, seq, vocab = logits.shape
     shift_labels = labels[:, 1:]
     mask = shift_labels != ignore_index
+    if check:
+        check_token_ids(shift_labels, vocab, ignore_index)
     safe_labels = shift_labels.masked_fill(~mask, 0)
-    if check and safe_labels.numel() and bool((safe_labels.min() < 0) | (safe_labels.max() >= vocab)):
-        raise ValueError(f"Label token ids must lie in [0, {vocab}) or equal {ignore_index}; got out-of-range ids.")
     counts = mask.sum(dim=1)
     rows = max(1, _CAUSAL_LM_CHUNK_BYTES // max(1, 3 * max(seq - 1, 1) * vocab * 4))
     sums: dict[str, list[torch.Tensor]] = {name: [] for name in SIGNAL_NAMES}

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.utils import logging
 
-from ..signals import check_class_ids
+from ..signals import check_class_ids, check_token_ids
 from . import ghost
 from .core import LABEL_KEYS, prepare_batch, unwrap_model
 from .ghost import run_frozen_backward
@@ -165,14 +165,10 @@ class NormsGraphCache:
             return
         host = torch.as_tensor(raw) if raw is not None and not (isinstance(raw, torch.Tensor) and raw.is_cuda) \
             else labels
-        if host.dim() == 1:
-            if not host.is_floating_point():
-                check_class_ids(host, self.num_outputs)
-            return
-        tokens = host[host != -100]
-        if tokens.numel() and bool((tokens.min() < 0) | (tokens.max() >= self.num_outputs)):
-            raise ValueError(f"Label token ids must lie in [0, {self.num_outputs}) or equal -100; got out-of-range "
-                             "ids.")
+        if host.dim() != 1:
+            check_token_ids(host, self.num_outputs)
+        elif not host.is_floating_point():
+            check_class_ids(host, self.num_outputs)
 
     def _current_addresses(self) -> tuple[int, ...]:
         model = self.owner.model
