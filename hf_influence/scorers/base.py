@@ -239,6 +239,23 @@ def iter_checkpoints(ref: Any) -> list[Any]:
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100}
 
 
+#: Padding multiple used with CUDA graphs when none is given: one captured graph per padded length, so keep them few.
+GRAPH_PAD_MULTIPLE = 64
+
+
+def resolve_pad_multiple(pad_to_multiple_of: int | None, cuda_graph: bool = False) -> int | None:
+    """The padding multiple a scorer uses: `pad_to_multiple_of` checked, or `GRAPH_PAD_MULTIPLE` with `cuda_graph`.
+
+    Raises:
+        ValueError: if `pad_to_multiple_of` is not a positive integer.
+    """
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
+    if pad_to_multiple_of is None and cuda_graph:
+        return GRAPH_PAD_MULTIPLE
+    return pad_to_multiple_of
+
+
 def pad_batch(
     rows: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
     tokenizer: Any = None,
@@ -285,10 +302,9 @@ def pad_batch(
     ids = columns["input_ids"]
     lengths = [len(x) for x in ids]
     width = max(lengths) if lengths else 0
-    if pad_to_multiple_of is not None:
-        if pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    multiple = resolve_pad_multiple(pad_to_multiple_of)
+    if multiple is not None:
+        width = -(-width // multiple) * multiple
     out: dict[str, torch.Tensor] = {}
     for key in keys:
         if key not in columns:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .base import Scorer, model_fingerprint, pad_batch, register_scorer
+from .base import Scorer, model_fingerprint, pad_batch, register_scorer, resolve_pad_multiple
 
 logger = logging.get_logger(__name__)
 
@@ -147,10 +147,8 @@ class EffortScorer(Scorer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
         self.cuda_graph = cuda_graph
-        self.pad_to_multiple_of = pad_to_multiple_of if pad_to_multiple_of or not cuda_graph else 64
+        self.pad_to_multiple_of = resolve_pad_multiple(pad_to_multiple_of, cuda_graph)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"EffortScorer needs a model object (torch.nn.Module), got {type(model).__name__}.")
         check_causal_lm(model)

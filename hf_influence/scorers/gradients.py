@@ -17,7 +17,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..grads import PerExampleGradNorms
-from .base import register_scorer
+from .base import register_scorer, resolve_pad_multiple
 from .model_outputs import ModelOutputScorer
 
 logger = logging.get_logger(__name__)
@@ -29,8 +29,7 @@ class _GradientNormScorer(ModelOutputScorer):
     squared: ClassVar[bool] = False
 
     def __init__(self, model: Any, *, params: str | None = None, cuda_graph: bool = False, **kwargs: Any) -> None:
-        if cuda_graph and kwargs.get("pad_to_multiple_of") is None:
-            kwargs["pad_to_multiple_of"] = 64  # one captured graph per padded length: keep the lengths few
+        kwargs["pad_to_multiple_of"] = resolve_pad_multiple(kwargs.get("pad_to_multiple_of"), cuda_graph)
         super().__init__(model, **kwargs)
         if params is not None and not isinstance(params, str):
             raise TypeError(f"params must be None or a parameter-name regex string, got {type(params).__name__}.")

@@ -18,7 +18,16 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
-from .base import TASKS, Scorer, iter_checkpoints, load_checkpoint, model_fingerprint, pad_batch, register_scorer
+from .base import (
+    TASKS,
+    Scorer,
+    iter_checkpoints,
+    load_checkpoint,
+    model_fingerprint,
+    pad_batch,
+    register_scorer,
+    resolve_pad_multiple,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -84,9 +93,7 @@ class ModelOutputScorer(Scorer):
             raise ValueError(f"At most two text columns (a sentence pair) are supported, got {self.text_columns}.")
         self.max_length = max_length
         self.pad_token_id = pad_token_id
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_to_multiple_of = resolve_pad_multiple(pad_to_multiple_of)
         self.model_kwargs = dict(model_kwargs or {})
         self.cache_models = cache_models
         self._models: dict[int, Any] = {}
