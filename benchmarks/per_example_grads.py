@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_models import minilm_classifier, minilm_path, tiny_bert_classifier
 from op_counts import count_ops
 
 from hf_influence.grads import (
@@ -59,33 +60,18 @@ from hf_influence.grads.ghost import fallback_sq_norms
 
 
 def build_minilm(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:
-    """The packaged all-MiniLM-L6-v2 as a 3-way classifier; where the package is absent (e.g. a GPU machine that
-    cannot receive its 87 MB of weights), the same architecture randomly initialised: timings and memory depend on the
-    shapes only, and exactness is checked against the other methods either way."""
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, logging
-
-    from hf_influence.paths import packaged_minilm_path
+    """The packaged MiniLM as a 3-way classifier (its architecture with random weights where the package is absent;
+    exactness is checked against the other methods either way)."""
+    from transformers import logging
 
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    try:
-        path = packaged_minilm_path()
-    except (FileNotFoundError, ImportError, ModuleNotFoundError) as error:
-        print(f"(packaged MiniLM not found: {error}; using its architecture with random weights)", flush=True)
-        config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                            intermediate_size=1536, max_position_embeddings=512, num_labels=3)
-        return BertForSequenceClassification(config).to(device), {}, "sequence_classification"
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=3, dtype=torch.float32)
-    return model.to(device), {}, "sequence_classification"
+    return minilm_classifier(minilm_path()).to(device), {}, "sequence_classification"
 
 
 def build_tiny_bert(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:
-    from transformers import BertConfig, BertForSequenceClassification
-
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=1,
-                        intermediate_size=128, num_labels=3)
-    return BertForSequenceClassification(config).to(device), {}, "sequence_classification"
+    return tiny_bert_classifier().to(device), {}, "sequence_classification"
 
 
 def build_llama_lora(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:

@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import torch
+from bench_models import minilm_classifier, minilm_path, tiny_bert_classifier
 from op_counts import OpCounter
 
 
@@ -81,21 +82,8 @@ class _Timer:
 
 
 def fresh_model(options, model_path) -> torch.nn.Module:
-    """MiniLM from the package, or (`--model tiny_bert`) a 6-layer BERT of width 32 with the same vocabulary.
-
-    At a small batch the tiny model's compute is negligible, so the ratio measures the per-step Python and
-    kernel-launch work the recording adds: the regime of a launch-bound GPU step.
-    """
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
-
-    if options.model == "tiny_bert":
-        return BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6,
-                                                        num_attention_heads=1, intermediate_size=128, num_labels=3))
-    if model_path is None:  # MiniLM's architecture with random weights (the package is not installed)
-        return BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
-                                                        num_attention_heads=12, intermediate_size=1536,
-                                                        num_labels=3))
-    return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=3, dtype=torch.float32)
+    """MiniLM (`model_path`, or its architecture when None), or with `--model tiny_bert` the overhead-bound proxy."""
+    return tiny_bert_classifier() if options.model == "tiny_bert" else minilm_classifier(model_path)
 
 
 def run_once(scoring: bool, model_path, state_dict, dataset, options) -> tuple[float, float]:
@@ -152,14 +140,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoTokenizer
 
-    from hf_influence.paths import packaged_minilm_path
 
-    try:
-        model_path = packaged_minilm_path()
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (FileNotFoundError, ImportError) as error:  # ModuleNotFoundError included
-        print(f"(packaged MiniLM not found: {error}; MiniLM's architecture with random weights)", flush=True)
-        model_path, tokenizer = None, None
+    model_path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(model_path) if model_path is not None else None
     dataset = build_dataset(options.batch_size * (options.warmup + options.steps), options.seq_len, tokenizer)
     torch.manual_seed(0)
     state_dict = fresh_model(options, model_path).state_dict()
