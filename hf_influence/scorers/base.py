@@ -239,6 +239,9 @@ def iter_checkpoints(ref: Any) -> list[Any]:
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100}
 
 
+#: The tokenizer output columns a model takes (what a scorer pads and a text column is tokenized into).
+TOKEN_COLUMNS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+
 #: Padding multiple used with CUDA graphs when none is given: one captured graph per padded length, so keep them few.
 GRAPH_PAD_MULTIPLE = 64
 

@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from .base import (
     TASKS,
+    TOKEN_COLUMNS,
     Scorer,
     iter_checkpoints,
     load_checkpoint,
@@ -164,9 +165,9 @@ class ModelOutputScorer(Scorer):
         if self.text_columns:
             texts = [batch[c] for c in self.text_columns]
             encoded = self.tokenizer(*texts, truncation=self.max_length is not None, max_length=self.max_length)
-            rows = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+            rows = {k: encoded[k] for k in TOKEN_COLUMNS if k in encoded}
         else:
-            rows = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            rows = {k: batch[k] for k in TOKEN_COLUMNS if k in batch}
         if self.task == "causal_lm" and "labels" in batch:
             rows["labels"] = batch["labels"]
         pad = self.pad_token_id

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Scorer, register_scorer
+from .base import TOKEN_COLUMNS, Scorer, register_scorer
 from .model_outputs import LossScorer
 
 
@@ -49,7 +49,7 @@ def make_null_input_dataset(dataset: Any, text_columns: str | Sequence[str], nul
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise ValueError(f"Text column(s) {missing} are not in the dataset (columns: {dataset.column_names}).")
-    tokens = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    tokens = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
     if tokens:
         raise ValueError(
             f"The dataset already holds token columns {tokens}, which would keep the real inputs. Build the null "
