@@ -776,6 +776,8 @@ class ScoringRun:
     final_checkpoint: Path | None
     trajectory: list[Path]
     pvi_checkpoint: Path | None = None
+    #: a PVI null run's (only) input, the token columns of the empty pair as its training split tokenized it
+    null_input: dict[str, list[int]] | None = None
 
 
 def scoring_needs(scores: Sequence[str]) -> dict[str, bool]:
@@ -841,23 +843,27 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
 
 
 
-def null_input_ids(tokenizer) -> dict[str, list[int]]:
-    """The token columns of the empty premise/hypothesis pair (e.g. `[CLS] [SEP] [SEP]`), PVI's null input."""
-    encoded = tokenizer("", "")
-    return {k: list(encoded[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+def run_null_training(train, *, prune_args: PruningArguments, data_args: DataArguments, tokenizer, training_args,
+                      **kwargs) -> ScoringRun:
+    """PVI's null model: the first scoring run's recipe, for ``--pvi_epoch`` epochs, on the same rows with every pair
+    emptied (`hf_influence.scorers.pvi.make_null_input_dataset`, Ethayarajh et al. 2022) and tokenized as the real
+    split is (e.g. `[CLS] [SEP] [SEP]`)."""
+    from hf_influence.scorers.base import TOKEN_COLUMNS
+    from hf_influence.scorers.pvi import make_null_input_dataset
 
-
-def run_null_training(train, *, prune_args: PruningArguments, tokenizer, **kwargs) -> ScoringRun:
-    """PVI's null model: the first scoring run's recipe on the same rows with every pair replaced by the empty pair
-    (Ethayarajh et al. 2022; `hf_influence.scorers.pvi.make_null_input_dataset` on the tokenized split)."""
-    empty = null_input_ids(tokenizer)
-    null_train = train.map(lambda row: empty, desc="Null inputs (PVI)")
+    text = train.remove_columns([c for c in TOKEN_COLUMNS if c in train.column_names])
+    emptied = make_null_input_dataset(text, [data_args.premise_column, data_args.hypothesis_column])
+    null_train = tokenize_splits({"null (PVI)": emptied}, tokenizer, data_args,
+                                 training_args.main_process_first)["null (PVI)"]
     seed = prune_args.scoring_seeds[0]
     # only the final checkpoint, after --pvi_epoch epochs
     null_args = dataclasses.replace(prune_args, scores=["loss"], selections=[],
                                     scoring_num_train_epochs=prune_args.pvi_epoch)
-    return run_scoring_training(seed, False, null_train, prune_args=null_args, tokenizer=tokenizer,
-                                run_name=f"null_seed_{seed}", **kwargs)
+    run = run_scoring_training(seed, False, null_train, prune_args=null_args, tokenizer=tokenizer,
+                               training_args=training_args, run_name=f"null_seed_{seed}", **kwargs)
+    first = null_train[0]
+    run.null_input = {c: list(first[c]) for c in TOKEN_COLUMNS if c in null_train.column_names}
+    return run
 
 
 def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningArguments, data_args: DataArguments,
@@ -934,7 +940,7 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
                        **common))
     null = [null_run.final_checkpoint] if null_run is not None else []
     if "pvi" in scores:
-        empty = null_input_ids(tokenizer)
+        empty = null_run.null_input
         real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
         add(get_scorer("pvi", model=real, null_model=null, null_input_ids=empty["input_ids"],
                        null_token_type_ids=empty.get("token_type_ids"), **common))
@@ -1265,7 +1271,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         if prune_args.scores and scoring_needs(prune_args.scores)["null"]:
             null_run = run_null_training(
                 train, model_path=model_path, config=config, tokenizer=tokenizer, collator=collator,
-                model_args=model_args, prune_args=prune_args, training_args=training_args, output_dir=output_dir,
+                model_args=model_args, prune_args=prune_args, data_args=data_args, training_args=training_args,
+                output_dir=output_dir,
             )
     scored_dir = output_dir / "scored_dataset"
     entries: list[dict[str, Any]] = []

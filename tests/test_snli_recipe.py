@@ -256,7 +256,7 @@ def test_summary_against_hand_computation():
 
 
 @pytest.mark.slow
-def test_smoke_profile_end_to_end(tmp_path):
+def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     import pandas as pd
     import yaml
     from datasets import load_dataset
@@ -317,6 +317,13 @@ def test_smoke_profile_end_to_end(tmp_path):
         assert score in card
     provenance = json.loads((out / "scored_dataset" / "hf_influence.json").read_text())
     assert set(scores) <= {e["column"] for e in provenance["scores"]}
+    # PVI's null input is the empty pair tokenized as the training split is (batched: [CLS] [SEP] [SEP])
+    from transformers import AutoTokenizer
+
+    empty = AutoTokenizer.from_pretrained(str(minilm_path))([""], [""])
+    (pvi,) = [e for e in provenance["scores"] if e["column"] == "pvi"]
+    assert pvi["config"]["null_input_ids"] == empty["input_ids"][0]
+    assert pvi["config"]["null_token_type_ids"] == empty["token_type_ids"][0]
 
     # the best pruned model is a loadable classifier with a model card
     best = out / "best_pruned_model"
