@@ -82,6 +82,11 @@ def resolve_task(model, task: str = "auto") -> str:
     return task
 
 
+def _signal_matrix(signals: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The signals as a float32 `[batch, len(SIGNAL_NAMES)]` matrix, columns in `SIGNAL_NAMES` order (as buffered)."""
+    return torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+
+
 class _SignalCallback(TrainerCallback):
     """Drives the store from the training loop: open on train begin, dense evals, flush on save/epoch/train end."""
 
@@ -337,7 +342,7 @@ class ScoringMixin:
         logits = torch.cat([entry.pop("logits") for entry in pending])
         labels = torch.cat([entry.pop("labels") for entry in pending])
         signals = token_signals(logits, labels)
-        values = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+        values = _signal_matrix(signals)
         for entry, chunk in zip(pending, values.split([entry["ids"].shape[0] for entry in pending])):
             entry["values"] = chunk
 
@@ -433,7 +438,7 @@ class ScoringMixin:
                  "epoch": self._current_epoch(), "num_tokens": None}
         if self._task == "causal_lm" or self._grad_collector is not None:
             signals = self._signals(logits, labels)  # per-token reductions (or the loss the grad norm needs) now
-            entry["values"] = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+            entry["values"] = _signal_matrix(signals)
             entry["num_tokens"] = signals.get("num_tokens")
         else:
             self._check_classification_logits(logits)
@@ -536,7 +541,7 @@ class ScoringMixin:
                     outputs = model(**inputs)
                 logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
                 signals = self._signals(logits, labels)
-                values = torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+                values = _signal_matrix(signals)
                 self._buffers[DENSE].append({"ids": ids.to(values.device), "values": values, "step": int(step),
                                              "epoch": epoch})
         finally:
