@@ -171,3 +171,24 @@ def hand_signals(logits: torch.Tensor, gold: int) -> dict[str, float]:
         "el2n": float(torch.linalg.vector_norm(p - onehot)),
         "entropy": float(-sum(pk * math.log(pk) for pk in p.tolist() if pk > 0)),
     }
+
+
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
+            "is_nonzero", "item"}
+
+
+def count_sync_ops(fn, ops=SYNC_OPS) -> int:
+    """Number of aten ops whose result needs a device-to-host copy (on a GPU they stall the launch queue)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ops:
+                Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.count

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+from conftest import count_sync_ops, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
 from torch import nn
 
 from hf_influence.grads import GhostNormCollector, per_example_grad_norms
@@ -393,27 +393,6 @@ def test_reusable_grad_norms_follow_weight_updates_and_restore_modes():
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
-            "is_nonzero", "item"}
-
-
-def count_sync_ops(fn, ops=SYNC_OPS) -> int:
-    """Number of aten ops whose result needs a device-to-host copy (on a GPU they stall the launch queue)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ in ops:
-                Counter.count += 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter():
-        fn()
-    return Counter.count
 
 
 def test_norm_rules_add_no_host_sync():

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_gpt2_config, tiny_llama_config
-from test_grads import assert_close, count_sync_ops, lm_labels, make_batch
+from conftest import count_sync_ops, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+from test_grads import assert_close, lm_labels, make_batch
 from torch import nn
 
 from hf_influence.grads import PerExampleGradNorms
