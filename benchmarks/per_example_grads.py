@@ -46,7 +46,6 @@ from collections.abc import Callable
 
 import torch
 from bench_models import minilm_classifier, minilm_path, tiny_bert_classifier
-from op_counts import count_ops
 
 from hf_influence.grads import (
     GhostNormCollector,
@@ -57,6 +56,7 @@ from hf_influence.grads import (
 )
 from hf_influence.grads.core import prepare_batch, scoring_mode
 from hf_influence.grads.ghost import fallback_sq_norms
+from hf_influence.op_counts import count_ops
 
 
 def build_minilm(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:

@@ -23,7 +23,8 @@ import time
 
 import torch
 from bench_models import minilm_classifier, minilm_path, tiny_bert_classifier
-from op_counts import OpCounter
+
+from hf_influence.op_counts import OpCounter
 
 
 def build_dataset(num_rows: int, seq_len: int, tokenizer):

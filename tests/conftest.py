@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_influence.op_counts import SYNC_OPS, count_ops
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -173,22 +175,6 @@ def hand_signals(logits: torch.Tensor, gold: int) -> dict[str, float]:
     }
 
 
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
-            "is_nonzero", "item"}
-
-
 def count_sync_ops(fn, ops=SYNC_OPS) -> int:
     """Number of aten ops whose result needs a device-to-host copy (on a GPU they stall the launch queue)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ in ops:
-                Counter.count += 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter():
-        fn()
-    return Counter.count
+    return count_ops(fn, sync_ops=ops)[1]

@@ -415,3 +415,31 @@ def test_norm_rules_add_no_host_sync():
     baseline = count_sync_ops(forward_and_loss)
     model.zero_grad(set_to_none=True)
     assert count_sync_ops(lambda: grad_norms(batch)) == baseline
+
+
+def test_layers_reading_one_input_share_its_gram_matrix(monkeypatch):
+    """BERT's query/key/value read the same hidden states: A_i A_i^T is formed once per block, not three times, and
+    the norms are unchanged (bitwise: the same products are summed in the same order)."""
+    from transformers import BertForSequenceClassification
+
+    from hf_influence.grads import PerExampleGradNorms
+    from hf_influence.op_counts import OpCounter
+
+    torch.manual_seed(17)
+    config = tiny_bert_config()
+    model = BertForSequenceClassification(config).eval()
+    batch = make_batch(97, seed=17)
+    batch["labels"] = torch.tensor([0, 2, 1, 1, 0, 2])
+    seq = batch["input_ids"].shape[1]
+    assert ghost_module.uses_gram_form(seq, config.hidden_size, config.hidden_size)  # q/k/v are in the Gram regime
+
+    def run():
+        with OpCounter() as counter:
+            norms = PerExampleGradNorms(model)(batch)
+        return norms, counter.by_name["baddbmm"]
+
+    shared, shared_grams = run()
+    monkeypatch.setattr(ghost_module, "gram_fits_one_chunk", lambda batch, seq: False)  # no sharing
+    separate, separate_grams = run()
+    assert separate_grams - shared_grams == 2 * config.num_hidden_layers
+    torch.testing.assert_close(shared, separate, rtol=0, atol=0)

@@ -200,8 +200,18 @@ def _rowwise_dot(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
     torch.bmm(x.reshape(n, 1, -1), y.reshape(n, -1, 1), out=out.view(n, 1, 1))
 
 
+def uses_gram_form(seq: int, d_in: int, d_out: int) -> bool:
+    """Whether a Linear layer's weight term is cheaper in the Gram form (`T (p + d) <= p d`) than instantiated."""
+    return seq * (d_in + d_out) <= d_in * d_out
+
+
+def gram_fits_one_chunk(batch: int, seq: int) -> bool:
+    """Whether the `[B, T, T]` Gram matrices of a whole batch fit the chunk memory bound (then they can be shared)."""
+    return _chunk(batch, 2 * seq * seq * 4) >= batch
+
+
 def linear_sq_norms_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, weight: bool = True,
-                         bias: bool = False) -> None:
+                         bias: bool = False, gram_a: torch.Tensor | None = None) -> torch.Tensor | None:
     """Per-example squared norms of a Linear layer's weight (and bias) gradient, written into `out` `[2, B]`.
 
     `a` `[B, T, d]` are the inputs, `b` `[B, T, p]` the output gradients (float32). With `weight`, `out[0]` gets
@@ -209,27 +219,33 @@ def linear_sq_norms_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,
     instantiating `B_i^T A_i`, both in chunks of examples of bounded memory. With `bias`, the bias term
     `||sum_t b_it||^2` is folded into the Gram form (`A_i A_i^T + 1`, i.e. a column of ones appended to `A_i`) and
     otherwise written to `out[1]`.
+
+    `gram_a` is an input Gram matrix `[B, T, T]` already computed for this `a` and `bias` by another layer that reads
+    the same input (q/k/v projections, LoRA adapters); it is used as is. Returns the input Gram matrix when it was
+    formed for the whole batch at once (so that such layers can reuse it), else None.
     """
     batch, seq, d = a.shape
     p = b.shape[-1]
-    gram = seq * (p + d) <= p * d
+    gram = uses_gram_form(seq, d, p)
     if bias and not (weight and gram):  # the bias term in its own slot unless the Gram form absorbs it
         summed = b.sum(1)
         _rowwise_dot(summed, summed, out[1])
     if not weight:
-        return
+        return None
     if gram:
-        step = _chunk(batch, 2 * seq * seq * 4)
+        step = batch if gram_a is not None else _chunk(batch, 2 * seq * seq * 4)
         one = _one(a.device, a.dtype) if bias else None
         for s in range(0, batch, step):
             aa, bb = a[s : s + step], b[s : s + step]
-            gram_a = torch.baddbmm(one, aa, aa.transpose(1, 2)) if bias else torch.bmm(aa, aa.transpose(1, 2))
+            if gram_a is None or step < batch:
+                gram_a = torch.baddbmm(one, aa, aa.transpose(1, 2)) if bias else torch.bmm(aa, aa.transpose(1, 2))
             _rowwise_dot(gram_a, torch.bmm(bb, bb.transpose(1, 2)), out[0, s : s + step])
-    else:
-        step = _chunk(batch, p * d * 4)
-        for s in range(0, batch, step):
-            grads = torch.bmm(b[s : s + step].transpose(1, 2), a[s : s + step])
-            _rowwise_dot(grads, grads, out[0, s : s + step])
+        return gram_a if step >= batch else None
+    step = _chunk(batch, p * d * 4)
+    for s in range(0, batch, step):
+        grads = torch.bmm(b[s : s + step].transpose(1, 2), a[s : s + step])
+        _rowwise_dot(grads, grads, out[0, s : s + step])
+    return None
 
 
 def linear_weight_sq_norms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -288,19 +304,23 @@ def _normalized_input(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), eps=_rms_eps(layer.module))
 
 
-def layer_sq_norms_into(layer: _Layer, x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:
-    """Per-example squared gradient norms of `layer`'s selected parameters into `out` `[2, B]` (summed later)."""
+def layer_sq_norms_into(layer: _Layer, x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *,
+                        gram_a: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Per-example squared gradient norms of `layer`'s selected parameters into `out` `[2, B]` (summed later).
+
+    For a Linear/Conv1D layer, `gram_a` and the return value are the shareable input Gram matrix of
+    `linear_sq_norms_into`; other layers ignore `gram_a` and return None.
+    """
     batch = grad.shape[0]
     if layer.kind in ("linear", "conv1d"):
         a = x.reshape(batch, -1, x.shape[-1]).float()
         b = grad.reshape(batch, -1, grad.shape[-1]).float()
-        linear_sq_norms_into(a, b, out, weight=layer.weight, bias=layer.bias)
-        return
+        return linear_sq_norms_into(a, b, out, weight=layer.weight, bias=layer.bias, gram_a=gram_a)
     if layer.kind == "embedding":
         ids = x.reshape(batch, -1)
         b = grad.reshape(batch, ids.shape[1], -1).float()
         embedding_sq_norms_into(ids, b, layer.module.num_embeddings, layer.module.padding_idx, out[0])
-        return
+        return None
     width = math.prod(layer.module.weight.shape)
     b = grad.reshape(batch, -1, width).float()
     if layer.weight:
@@ -309,6 +329,7 @@ def layer_sq_norms_into(layer: _Layer, x: torch.Tensor, grad: torch.Tensor, out:
     if layer.bias:
         summed = b.sum(1)
         _rowwise_dot(summed, summed, out[1])
+    return None
 
 
 def layer_sq_norms(layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -369,6 +390,9 @@ class _HookEngine:
         self.batch_size: int | None = None
         self._pending: dict[int, torch.Tensor] = {}
         self._cross: dict[int, torch.Tensor] = {}
+        self._gram_key: dict[int, tuple] = {}  # module id -> key of its input, for Gram-form Linear layers
+        self._gram_readers: dict[tuple, int] = {}  # key -> layers still to read the input's Gram matrix
+        self._grams: dict[tuple, torch.Tensor] = {}  # key -> the input Gram matrix, while readers remain
         self._in_backward = False
         self._root_batch: int | None = None
         self.anchor: torch.Tensor | None = None
@@ -406,8 +430,8 @@ class _HookEngine:
         if not self.frozen and not output.requires_grad:
             return None  # a no-grad forward (evaluation) inside training: nothing to record
         if self._in_backward:  # a new forward after a backward: start a new batch
-            self._pending.clear()
-            self._cross.clear()
+            for state in (self._pending, self._cross, self._gram_key, self._gram_readers, self._grams):
+                state.clear()
             self._buffer, self._consumed, self.batch_size, self._in_backward = None, False, None, False
         if id(module) in self._pending:
             raise ValueError(
@@ -435,12 +459,25 @@ class _HookEngine:
                 "gradients are not separable. Pass per-example inputs or exclude it with a params regex."
             )
         self._pending[id(module)] = x.detach()
+        if layer.kind in ("linear", "conv1d") and layer.weight:
+            self._note_gram_reader(layer, x, output)
         if self.frozen and not output.requires_grad:
             if self.anchor is None:
                 self.anchor = torch.zeros((), device=output.device, requires_grad=True)
             output, replaced = output + self.anchor.to(output.dtype), True
         output.register_hook(self._grad_hooks[id(module)])
         return output if replaced else None
+
+    def _note_gram_reader(self, layer: _Layer, x: torch.Tensor, output: torch.Tensor) -> None:
+        """Count the Gram-form Linear layers that read the very same input tensor (q/k/v projections, the LoRA
+        adapters of one block), so that its Gram matrix `A_i A_i^T` is formed once and shared by all of them."""
+        batch, d_in, d_out = x.shape[0], x.shape[-1], output.shape[-1]
+        seq = x.numel() // max(1, batch * d_in)
+        if not (uses_gram_form(seq, d_in, d_out) and gram_fits_one_chunk(batch, seq)):
+            return
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, layer.bias)
+        self._gram_key[id(layer.module)] = key
+        self._gram_readers[key] = self._gram_readers.get(key, 0) + 1
 
     def _grad_hook(self, layer: _Layer, grad: torch.Tensor) -> None:
         x = self._pending.pop(id(layer.module), None)
@@ -454,7 +491,14 @@ class _HookEngine:
         slot = self._slot[id(layer.module)]
         out = self._buffer[slot : slot + 2]
         self._consumed = True
-        layer_sq_norms_into(layer, x, grad, out)
+        key = self._gram_key.pop(id(layer.module), None)
+        gram_a = layer_sq_norms_into(layer, x, grad, out, gram_a=self._grams.get(key))
+        if key is not None:
+            self._gram_readers[key] -= 1
+            if self._gram_readers[key] > 0 and gram_a is not None:
+                self._grams[key] = gram_a
+            else:
+                self._grams.pop(key, None)
         if layer.tied is None:
             return
         partner = id(layer.tied.module)
