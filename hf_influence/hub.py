@@ -139,10 +139,13 @@ def _features_yaml(dataset_dict: Any) -> dict[str, Any]:
     """The card's ``dataset_info`` entry (the column types). `load_dataset` reads the features from it; without it the
     Arrow builder may reuse column types cached for an earlier folder of the same name, and then misses new score
     columns (datasets 5.2 keys that cache by the folder name and the relative data-file patterns)."""
-    from datasets.info import DatasetInfo
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from huggingface_hub import DatasetCardData
 
     first = next(iter(dataset_dict.values()))
-    return DatasetInfo(features=first.features)._to_yaml_dict()
+    card_data = DatasetCardData()
+    DatasetInfosDict({"default": DatasetInfo(features=first.features)}).to_dataset_card_data(card_data)
+    return card_data["dataset_info"]
 
 
 def save_scored_dataset(
