@@ -33,7 +33,8 @@ class ScoringConfig(TrainingArguments):
             Record per-example signals from the training forward pass.
         record_grad_norm (`bool`, *optional*, defaults to `False`):
             Also record the L2 norm of each example's own loss gradient (ghost norms from `hf_influence.grads`, one
-            extra set of hooks on the training backward).
+            extra set of hooks on the training backward). Before the first step the hooks are compared with autograd
+            on one example, and training stops with the layer named if a weight is used outside its layer's forward.
         dense_eval_steps (`int` or `None`, *optional*, defaults to `None`):
             When set, every `dense_eval_steps` optimizer steps the whole training set is evaluated (eval mode,
             `no_grad`) and its signals go to a separate dense table; forgetting events are then counted on that

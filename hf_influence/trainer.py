@@ -473,11 +473,16 @@ class ScoringMixin:
         model = self.model
         params = [p for p in model.parameters() if p.requires_grad]
         self._grad_collector = GhostNormCollector(model, params=params)
+        self._grad_hooks_checked = False
 
     def training_step(self, model, inputs, num_items_in_batch=None, *args, **kwargs):
         """The parent's training step; with `record_grad_norm`, the backward also yields per-example grad norms."""
         if not (self._recording and self._grad_collector is not None and model.training):
             return super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
+        if not self._grad_hooks_checked:  # once: no selected weight may be used outside its layer's forward
+            column = self._scoring.example_id_column
+            self._grad_hooks_checked = self._grad_collector.check_hooks({k: v for k, v in inputs.items()
+                                                                         if k != column})
         before = len(self._buffers[PRESENTATIONS])
         with self._grad_collector:
             loss = super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)

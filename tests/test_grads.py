@@ -5,6 +5,7 @@ batch of one, padding removed), on tiny BERT-, GPT-2- (tied embeddings) and Llam
 from __future__ import annotations
 
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -414,6 +415,7 @@ def test_norm_rules_add_no_host_sync():
 
     baseline = count_sync_ops(forward_and_loss)
     model.zero_grad(set_to_none=True)
+    grad_norms(batch)  # the first call also checks the hooks against autograd (syncs once)
     assert count_sync_ops(lambda: grad_norms(batch)) == baseline
 
 
@@ -435,7 +437,7 @@ def test_layers_reading_one_input_share_its_gram_matrix(monkeypatch):
 
     def run():
         with OpCounter() as counter:
-            norms = PerExampleGradNorms(model)(batch)
+            norms = PerExampleGradNorms(model, check_hooks=False)(batch)
         return norms, counter.by_name["baddbmm"]
 
     shared, shared_grams = run()
@@ -443,3 +445,81 @@ def test_layers_reading_one_input_share_its_gram_matrix(monkeypatch):
     separate, separate_grams = run()
     assert separate_grams - shared_grams == 2 * config.num_hidden_layers
     torch.testing.assert_close(shared, separate, rtol=0, atol=0)
+
+
+class WeightReadOutside(nn.Module):
+    """A toy classifier whose parent module also reads `mix.weight` directly (invisible to `mix`'s hooks)."""
+
+    def __init__(self, side_use: bool) -> None:
+        super().__init__()
+        self.side_use = side_use
+        self.emb = nn.Embedding(20, 6)
+        self.mix = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = torch.tanh(self.mix(self.emb(input_ids)))
+        if self.side_use:
+            h = h + F.linear(h, self.mix.weight)
+        return SimpleNamespace(logits=self.out(h.mean(1)))
+
+
+def test_hooks_are_checked_against_autograd_once():
+    """A weight used outside its layer's forward is caught on the first batch (naming the layer), not returned as a
+    silently low norm; without the side use the check passes once and is not repeated for the same selection."""
+    torch.manual_seed(18)
+    batch = {"input_ids": torch.randint(0, 20, (5, 7)), "labels": torch.tensor([0, 1, 1, 0, 1])}
+    bad = WeightReadOutside(side_use=True)
+    with pytest.raises(ValueError, match=r"'mix' \(Linear\): hooks .* autograd .*used outside"):
+        per_example_grad_norms(bad, batch)
+    # what the check protects against: the unchecked norms are wrong (mix's side use is missing)
+    unchecked = per_example_grad_norms(bad, batch, check_hooks=False, squared=True)
+    params = list(bad.parameters())
+    naive = torch.stack([
+        sum(g.square().sum() for g in torch.autograd.grad(
+            F.cross_entropy(bad(batch["input_ids"][i : i + 1]).logits, batch["labels"][i : i + 1]), params))
+        for i in range(5)
+    ])
+    assert ((unchecked - naive).abs() / naive).max() > 1e-3
+    # excluding the weight read outside its layer passes the check
+    per_example_grad_norms(bad, batch, params=r"^(emb|out)\.")
+
+    good = WeightReadOutside(side_use=False)
+    calls = []
+    original = ghost_module.check_hooks_against_autograd
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    ghost_module.check_hooks_against_autograd = counted
+    try:
+        per_example_grad_norms(good, batch)
+        per_example_grad_norms(good, batch)  # same model and selection: not checked again
+        per_example_grad_norms(good, batch, params=r"^out\.")  # a new selection is checked
+    finally:
+        ghost_module.check_hooks_against_autograd = original
+    assert len(calls) == 2
+
+
+def test_hook_check_finds_deberta_relative_embeddings():
+    """DeBERTa-v2 reads `rel_embeddings.weight` directly (never calling the Embedding): selected, it would be missing
+    from the norms; the check names it."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(19)
+    config = DebertaV2Config(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=40, relative_attention=True, position_buckets=8,
+                             max_relative_positions=16, pos_att_type=["p2c", "c2p"], norm_rel_ebd="none",
+                             type_vocab_size=0, num_labels=3,
+                             initializer_range=0.5)  # large weights, so that the relative positions matter to the loss
+    model = DebertaV2ForSequenceClassification(config).eval()
+    batch = make_batch(97, seed=19)
+    batch["labels"] = torch.tensor([0, 2, 1, 1, 0, 2])
+    with pytest.raises(ValueError, match="rel_embeddings"):
+        per_example_grad_norms(model, batch, params=r"^(?!.*pos_(key|query)_proj)")
+    selection = r"^(?!.*(pos_(key|query)_proj|rel_embeddings))"
+    ours = per_example_grad_norms(model, batch, params=selection, squared=True)
+    params = [p for name, p in model.named_parameters() if re.search(selection, name)]
+    # the rest is exact (norms ~300 with these weights: float32 sums leave ~1e-5 of rounding, hence 1e-4)
+    torch.testing.assert_close(ours, naive_sq_norms(model, batch, params, "cls"), rtol=1e-4, atol=0)

@@ -75,3 +75,38 @@ def test_lora_grad_norm_over_adapter_parameters(tmp_path):
         expected = own_gradient_norm(model, F.cross_entropy(model(input_ids=ids).logits, torch.tensor([row["label"]])))
         got = records.loc[records.example_id == row["example_id"], "grad_norm"].item()
         assert got == pytest.approx(expected, rel=1e-4)
+
+
+class SideReadHead(torch.nn.Module):
+    """A classification head whose own forward also reads its Linear's weight directly (invisible to the hooks)."""
+
+    def __init__(self, width: int, classes: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.proj(x) + F.linear(x, self.proj.weight)
+
+
+def test_grad_norm_hooks_are_checked_once_before_training(tmp_path, monkeypatch):
+    """A selected weight read outside its layer's forward stops training at the first step with the layer named
+    (instead of recording norms that miss it); a model without one is checked on the first step only."""
+    from hf_influence.grads import ghost
+
+    dataset = add_example_ids(random_classification_dataset(n=12))
+    model = bert()
+    model.classifier = SideReadHead(model.config.hidden_size, 3)
+    trainer = ScoringTrainer(model=model, args=make_args(tmp_path / "bad", num_train_epochs=1,
+                                                         record_grad_norm=True),
+                             train_dataset=dataset, data_collator=PadCollator())
+    with pytest.raises(ValueError, match=r"'classifier\.proj' \(Linear\): hooks"):
+        trainer.train()
+
+    calls = []
+    original = ghost.check_hooks_against_autograd
+    monkeypatch.setattr(ghost, "check_hooks_against_autograd", lambda *a, **k: calls.append(1) or original(*a, **k))
+    trainer = ScoringTrainer(model=bert(), args=make_args(tmp_path / "good", num_train_epochs=2,
+                                                          record_grad_norm=True),
+                             train_dataset=dataset, data_collator=PadCollator())
+    trainer.train()
+    assert trainer.state.global_step > 2 and len(calls) == 1

@@ -22,8 +22,11 @@ ids) are expanded per example inside the hook, so the model's own position ids a
 ones included) and their per-example gradients stay separable.
 
 Limitations: a parameter used outside its owning module's forward (e.g. `F.linear(h, self.embed.weight)` in a parent
-module) is invisible to the hooks; such models need the tied weight excluded (params regex) or the fallback. A module
-with selected parameters that is called twice in one forward (parameter reuse, gradient checkpointing) is refused.
+module, DeBERTa's `rel_embeddings.weight`) is invisible to the hooks; such models need that weight excluded (params
+regex). `PerExampleGradNorms` detects it: on its first batch it compares every hooked layer's norm for one example
+with autograd's gradient of that example's loss (`check_hooks`, once per model and parameter selection) and names the
+layers that disagree. A module with selected parameters that is called twice in one forward (parameter reuse,
+gradient checkpointing) is refused.
 
 Layer inputs are captured by forward hooks and output gradients by tensor hooks registered on the outputs (no
 ``register_full_backward_hook``). In norms-only mode every parameter is frozen for the duration of the call and the
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +62,8 @@ logger = logging.get_logger(__name__)
 #: Bound on the transient memory of an instantiated per-example weight gradient chunk (or a Gram chunk).
 _CHUNK_BYTES = 256 * 2**20
 _LOGGED_FALLBACK_TYPES: set[str] = set()
+#: Per model (weakly held): the parameter selections whose hooks already agreed with autograd (`check_hooks`).
+_CHECKED_SELECTIONS: weakref.WeakKeyDictionary[nn.Module, set[frozenset[int]]] = weakref.WeakKeyDictionary()
 
 try:  # transformers' GPT-2 style "Conv1D" (weight stored as [in, out])
     from transformers.pytorch_utils import Conv1D as _HFConv1D
@@ -623,6 +629,9 @@ class PerExampleGradNorms:
         fallback_chunk_size (`int`, defaults to 8): examples per `vmap` chunk for modules without a hand-written rule.
         cuda_graph (`bool`, defaults to `False`): capture and replay the step as CUDA graphs (CUDA models only).
         max_graphs (`int`, defaults to 8): batch signatures kept captured with `cuda_graph` (least recently used out).
+        check_hooks (`bool`, defaults to `True`): on the first batch, compare every hooked layer's norm for one
+            example with autograd's (`check_hooks_against_autograd`; once per model and parameter selection, about
+            the cost of two single-example steps) and raise if a weight is used outside its layer's forward.
 
     Example:
         ```python
@@ -641,11 +650,15 @@ class PerExampleGradNorms:
         fallback_chunk_size: int = 8,
         cuda_graph: bool = False,
         max_graphs: int = 8,
+        check_hooks: bool = True,
     ) -> None:
         self.model = model
         self.task = task
         self.fallback_chunk_size = fallback_chunk_size
-        self._engine = _HookEngine(model, select_parameters(model, params), frozen=True)
+        selected = select_parameters(model, params)
+        self._engine = _HookEngine(model, selected, frozen=True)
+        self._selection = frozenset(id(param) for param in selected.values())
+        self._check_pending = check_hooks
         self._mode = ScoringMode(model)
         _log_fallback(self._engine.fallback_types)
         self._graphs = None
@@ -676,6 +689,13 @@ class PerExampleGradNorms:
 
     def __call__(self, batch: Mapping[str, Any], *, squared: bool = False) -> torch.Tensor:
         """Float32 `[batch_size]` norms (squared with `squared=True`; NaN for a causal-LM example without labels)."""
+        if self._check_pending:
+            checked = _CHECKED_SELECTIONS.setdefault(self.model, set())
+            if self._selection in checked or check_hooks_against_autograd(
+                self.model, self._engine, self._mode, batch, self.task
+            ):
+                checked.add(self._selection)
+                self._check_pending = False
         if self._graphs is not None:
             sq, valid = self._graphs(batch)
         else:
@@ -692,6 +712,7 @@ def per_example_grad_norms(
     task: str = "auto",
     squared: bool = False,
     fallback_chunk_size: int = 8,
+    check_hooks: bool = True,
 ) -> torch.Tensor:
     """Exact L2 norm of each example's loss gradient over the selected parameters, in one batched backward.
 
@@ -709,6 +730,8 @@ def per_example_grad_norms(
         task (`str`, defaults to `"auto"`): `"sequence_classification"`, `"causal_lm"` or `"auto"`.
         squared (`bool`, defaults to `False`): return squared norms.
         fallback_chunk_size (`int`, defaults to 8): examples per `vmap` chunk for modules without a hand-written rule.
+        check_hooks (`bool`, defaults to `True`): compare the hooks with autograd on one example, the first time a
+            model and parameter selection are seen (see `PerExampleGradNorms`).
 
     Returns:
         `torch.Tensor`: float32 `[batch_size]` (NaN for a causal-LM example without label tokens).
@@ -724,7 +747,8 @@ def per_example_grad_norms(
         >>> norms.shape  # (batch_size,)
         ```
     """
-    return PerExampleGradNorms(model, params, task=task, fallback_chunk_size=fallback_chunk_size)(
+    return PerExampleGradNorms(model, params, task=task, fallback_chunk_size=fallback_chunk_size,
+                               check_hooks=check_hooks)(
         batch, squared=squared
     )
 
@@ -762,6 +786,112 @@ def run_frozen_backward(
         if engine.anchor is not None and total.requires_grad:
             torch.autograd.grad(total, engine.anchor, allow_unused=True)
     return inputs, labels, losses.detach(), valid, resolved
+
+
+def _one_labelled_example(inputs: Mapping[str, Any], labels: torch.Tensor) -> dict[str, Any] | None:
+    """The batch's first example that has a label (a causal-LM example needs a label token after the shift), as a
+    batch of one; None when no example has one."""
+    batch = labels.shape[0]
+    if labels.dim() == 1:
+        row = 0
+    else:
+        labelled = (labels[:, 1:] != -100).any(1).nonzero()  # a host sync: runs once per model and selection
+        if labelled.numel() == 0:
+            return None
+        row = int(labelled[0])
+    single = {
+        k: v[row : row + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch else v
+        for k, v in inputs.items()
+    }
+    single["labels"] = labels[row : row + 1]
+    return single
+
+
+def check_hooks_against_autograd(
+    model: nn.Module, engine: _HookEngine, mode: ScoringMode, batch: Mapping[str, Any], task: str = "auto"
+) -> bool:
+    """Compare each hooked layer's per-example squared gradient norm with autograd's, on one example of `batch`.
+
+    The hooks see a layer's parameters only through that layer's own forward; a weight also read elsewhere (e.g.
+    `F.linear(h, module.weight)` in a parent module) would silently be missing from the norm. Here the first labelled
+    example is run through the hooks and, separately, through a plain backward of its loss with the selected
+    parameters requiring grad; per layer (a tied embedding/head pair together) the two squared norms must agree to
+    1e-3 relative in float32 (5e-2 in half precision), up to 1e-6 of the example's total. Parameters of the
+    `torch.func` fallback are exact by construction and not compared.
+
+    Returns:
+        `bool`: True when checked (False when `batch` has no labelled example: check a later batch).
+
+    Raises:
+        ValueError: naming every layer whose hooked norm differs from autograd's, with both values and the fix.
+    """
+    layers = engine.layers
+    if not layers:
+        return True
+    inputs, labels = prepare_batch(model, batch)
+    single = _one_labelled_example(inputs, labels)
+    if single is None:
+        return False
+    engine.reset()
+    with mode(freeze=True):
+        _, _, _, valid, resolved = run_frozen_backward(model, single, engine, task)
+    if not bool(valid[0]):
+        return False
+    buffer = engine._buffer
+    hooked = (buffer.reshape(len(layers), 2).sum(1) if buffer is not None
+              else torch.zeros(len(layers), device=labels.device)).double().tolist()
+    engine.reset()
+
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    groups: list[list[int]] = []
+    for i, layer in enumerate(layers):
+        partner = index.get(id(layer.tied)) if layer.tied is not None else None
+        if partner is None or partner > i:
+            groups.append([i] if partner is None else [i, partner])
+    params: dict[int, nn.Parameter] = {}
+    for layer in layers:
+        for attr, used in (("weight", layer.weight), ("bias", layer.bias)):
+            if used:
+                param = getattr(layer.module, attr)
+                params[id(param)] = param
+    flags = [(param, param.requires_grad) for param in params.values()]
+    try:
+        with mode(freeze=False):
+            for param, _ in flags:
+                param.requires_grad_(True)
+            single_inputs = {k: v for k, v in single.items() if k != "labels"}
+            outputs = model(**single_inputs)
+            logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+            loss, _ = per_example_losses(logits, single["labels"], resolved)
+            grads = torch.autograd.grad(loss[0], list(params.values()), allow_unused=True)
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+    sq = {pid: 0.0 if g is None else float(g.double().square().sum()) for pid, g in zip(params, grads)}
+
+    def group_params(group: list[int]) -> set[int]:
+        return {id(getattr(layers[i].module, attr)) for i in group
+                for attr, used in (("weight", layers[i].weight), ("bias", layers[i].bias)) if used}
+
+    expected = [sum(sq[pid] for pid in group_params(group)) for group in groups]
+    found = [sum(hooked[i] for i in group) for group in groups]
+    half = next(iter(params.values())).dtype in (torch.float16, torch.bfloat16)
+    rtol, floor = (5e-2 if half else 1e-3), 1e-6 * sum(expected)
+    wrong = [
+        (" + ".join(f"{layers[i].name!r} ({type(layers[i].module).__name__})" for i in group), f, e)
+        for group, f, e in zip(groups, found, expected)
+        if abs(f - e) > rtol * max(f, e) + floor
+    ]
+    if wrong:
+        listed = "; ".join(f"{name}: hooks {f:.4g}, autograd {e:.4g}" for name, f, e in wrong[:8])
+        more = f" (and {len(wrong) - 8} more)" if len(wrong) > 8 else ""
+        raise ValueError(
+            f"Per-example gradient norms from the layer hooks disagree with autograd on one example for {listed}"
+            f"{more}. A weight of these layers is used outside the layer's own forward (e.g. read as `module.weight` "
+            "by a parent module), which the hooks cannot see. Exclude these parameters with a params regex (e.g. "
+            "params=r'^(?!.*rel_embeddings)'), or pass check_hooks=False if you accept the difference."
+        )
+    return True
 
 
 def _log_fallback(types: list[str]) -> None:
@@ -802,13 +932,33 @@ class GhostNormCollector:
 
     def __init__(self, model: nn.Module, params: ParamSpec = None) -> None:
         self.model = model
-        self._engine = _HookEngine(model, select_parameters(model, params), frozen=False)
+        self._selected = select_parameters(model, params)
+        self._engine = _HookEngine(model, self._selected, frozen=False)
         if self._engine.fallback:
             raise ValueError(
                 f"GhostNormCollector has no rule for module type(s) {', '.join(self._engine.fallback_types)} "
                 f"(parameters {', '.join(self._engine.fallback)}). Exclude them with a params regex, or compute "
                 "norms after the step with per_example_grad_norms (which falls back to torch.func)."
             )
+
+    def check_hooks(self, batch: Mapping[str, Any], task: str = "auto") -> bool:
+        """Compare the hooks with autograd on one example of `batch` (see `check_hooks_against_autograd`), once per
+        model and parameter selection; call it outside the `with` block, e.g. before the first training step.
+
+        Returns:
+            `bool`: True when checked now or before, False when `batch` has no labelled example.
+
+        Raises:
+            ValueError: naming the layers whose weights are used outside their own forward.
+        """
+        selection = frozenset(id(param) for param in self._selected.values())
+        checked = _CHECKED_SELECTIONS.setdefault(self.model, set())
+        if selection not in checked:
+            engine = _HookEngine(self.model, self._selected, frozen=True)
+            if not check_hooks_against_autograd(self.model, engine, ScoringMode(self.model), batch, task):
+                return False
+            checked.add(selection)
+        return True
 
     def __enter__(self) -> GhostNormCollector:
         self._engine.reset()
