@@ -21,6 +21,9 @@ _EXPORTS: dict[str, str] = {
     "ScoringTrainer": "hf_influence.trainer",
     "ScoringMixin": "hf_influence.trainer",
     "SignalStore": "hf_influence.store",
+    # models
+    "MLPHeadConfig": "hf_influence.mlp_head",
+    "MLPHeadForSequenceClassification": "hf_influence.mlp_head",
     # per-example gradients
     "per_example_grad_norms": "hf_influence.grads",
     "PerExampleGradNorms": "hf_influence.grads",

@@ -154,11 +154,37 @@ class ModelArguments:
         },
     )
 
+    head_hidden_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Replace the model's classification head with an MLP of --head_layers linear layers this wide "
+            "between them (hf_influence.mlp_head; the paper: 64 for BERT-small, 256 for BERT-base). Default: the "
+            "model's own head (a linear layer; BERT: on the tanh pooler)."
+        },
+    )
+    head_layers: int = field(default=3, metadata={"help": "Linear layers of the MLP head (the paper: 3)."})
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout before each layer of the MLP head."})
+    head_pooling: str = field(
+        default="cls",
+        metadata={"help": "What the MLP head reads: 'cls' (first token), 'pooler' (the encoder's pooler output) or "
+                  "'mean' (mean over the attention mask). The paper does not say."},
+    )
+
     def __post_init__(self) -> None:
         if self.num_labels < 2:
             raise ValueError(f"--num_labels must be at least 2, got {self.num_labels}.")
         if self.head_learning_rate is not None and self.head_learning_rate <= 0:
             raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}.")
+        if self.head_hidden_size is not None:
+            from hf_influence.mlp_head import MLPHeadConfig
+
+            MLPHeadConfig(head_hidden_size=self.head_hidden_size, head_layers=self.head_layers,
+                          head_dropout=self.head_dropout, pooling=self.head_pooling)  # validates, names the fix
+
+    def mlp_head_kwargs(self) -> dict[str, Any]:
+        """The `MLPHeadConfig` arguments of --head_hidden_size and friends."""
+        return {"head_hidden_size": self.head_hidden_size, "head_layers": self.head_layers,
+                "head_dropout": self.head_dropout, "pooling": self.head_pooling}
 
 
 @dataclass
@@ -567,7 +593,9 @@ def load_model_config(model_args: ModelArguments):
             f"Could not load the model config of {model_args.model_name_or_path!r} ({type(err).__name__}: {err}). "
             "Pass a local folder saved with save_pretrained, a cached Hub id, or 'packaged:minilm' (offline)."
         ) from err
-    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+    if model_args.head_hidden_size is not None:
+        config = mlp_head_config(model_args, config)
+    elif config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise ValueError(
             f"{model_args.model_name_or_path!r} is a {config.model_type!r} model, which cannot do sequence "
             "classification (AutoModelForSequenceClassification has no class for it). Pass a text encoder such as "
@@ -578,6 +606,28 @@ def load_model_config(model_args: ModelArguments):
     config.id2label = dict(enumerate(names))
     config.label2id = {v: k for k, v in config.id2label.items()}
     return name, config
+
+
+def mlp_head_config(model_args: ModelArguments, encoder_config):
+    """The `MLPHeadConfig` of an encoder with the MLP head of --head_hidden_size (the encoder must load with
+    `AutoModel`)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    from hf_influence.mlp_head import MLPHeadConfig
+
+    if encoder_config.model_type not in MODEL_MAPPING_NAMES:
+        raise ValueError(
+            f"{model_args.model_name_or_path!r} is a {encoder_config.model_type!r} model, which AutoModel cannot "
+            "build, so --head_hidden_size cannot put an MLP head on it. Drop --head_hidden_size."
+        )
+    return MLPHeadConfig(encoder=encoder_config, num_labels=model_args.num_labels, **model_args.mlp_head_kwargs())
+
+
+def encoder_config(config):
+    """The encoder's own config (that of a model with the MLP head is nested in it)."""
+    from hf_influence.mlp_head import MLPHeadConfig
+
+    return config.encoder_config() if isinstance(config, MLPHeadConfig) else config
 
 
 def load_tokenizer(model_args: ModelArguments, model_path: str):
@@ -607,8 +657,14 @@ def load_model(model_path: str, config, tokenizer, seed: int, quiet: bool = Fals
     verbosity = logging.get_verbosity()
     if quiet:
         logging.set_verbosity_error()
+    from hf_influence.mlp_head import MLPHeadConfig, MLPHeadForSequenceClassification
+
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
+        if isinstance(config, MLPHeadConfig):  # the pretrained encoder under a new MLP head
+            model = MLPHeadForSequenceClassification.from_encoder(model_path, config, dtype=torch.float32)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config,
+                                                                       dtype=torch.float32)
     finally:
         logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
@@ -935,7 +991,7 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
     if "tracin" in scores:
         params = prune_args.tracin_params
         if params == "last_layer":
-            params = rf"\.layer\.{config.num_hidden_layers - 1}\."
+            params = rf"\.layer\.{encoder_config(config).num_hidden_layers - 1}\."
         add(get_scorer("tracin", model=trajectory, learning_rates=1.0, params=None if params == "all" else params,
                        **common))
     null = [null_run.final_checkpoint] if null_run is not None else []

@@ -227,6 +227,34 @@ def test_head_learning_rate_groups(tiny_bert_classifier):
         assert decay_of[id(param)] == (0.0 if no_decay else 0.01), name
 
 
+def test_mlp_head_option(tmp_path, minilm_path):
+    """--head_hidden_size: the packaged encoder under the paper's MLP head, the head on the head learning rate,
+    TracIn's 'last_layer' found in the nested encoder config; a bad head option fails at parse time."""
+    import torch
+    from transformers import AutoModel, TrainingArguments
+
+    from hf_influence.mlp_head import MLPHeadForSequenceClassification
+
+    recipe = _recipe()
+    model_args, *_ = recipe.parse_args(["--config", str(SMOKE), "--output_dir", str(tmp_path), "--head_hidden_size",
+                                        "16"])
+    name, config = recipe.load_model_config(model_args)
+    assert recipe.encoder_config(config).num_hidden_layers == 6 and config.id2label[0] == "entailment"
+    model = recipe.load_model(name, config, recipe.load_tokenizer(model_args, name), seed=0)
+    assert isinstance(model, MLPHeadForSequenceClassification)
+    assert [tuple(m.weight.shape) for m in model.head if isinstance(m, torch.nn.Linear)] == [(16, 384), (16, 16),
+                                                                                            (3, 16)]
+    pretrained = AutoModel.from_pretrained(minilm_path)
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight, pretrained.embeddings.word_embeddings.weight)
+    optimizer = recipe.make_optimizer(model, TrainingArguments(output_dir="unused", learning_rate=1e-4), 1e-3)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for param_name, param in model.named_parameters():
+        assert lr_of[id(param)] == (1e-3 if param_name.startswith("head.") else 1e-4), param_name
+    with pytest.raises(ValueError, match="Unknown pooling 'max'"):
+        recipe.parse_args(["--config", str(SMOKE), "--output_dir", str(tmp_path), "--head_hidden_size", "16",
+                           "--head_pooling", "max"])
+
+
 def test_summary_against_hand_computation():
     recipe = _recipe()
     rows = []

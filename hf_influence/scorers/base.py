@@ -186,6 +186,8 @@ def load_checkpoint(ref: Any, task: str = "sequence_classification", **kwargs: A
         raise TypeError(f"Cannot load a checkpoint from {type(ref).__name__}: pass a model, a local path or a Hub id.")
     import transformers
 
+    from .. import mlp_head  # noqa: F401  (registers the MLP-head model type with the Auto classes)
+
     auto = (
         transformers.AutoModelForSequenceClassification
         if task == "sequence_classification"
