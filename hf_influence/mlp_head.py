@@ -10,8 +10,8 @@ where transformers' own `...ForSequenceClassification` heads are a single linear
 
 with `L = head_layers` linear layers (`head_hidden_size` wide between them), dropout before each of them, and
 `pool` the first token's final hidden state (`"cls"`), the encoder's pooler output (`"pooler"`) or the mean over
-the attention mask (`"mean"`). The paper names neither the pooling nor the activation; the defaults here are `"cls"`
-and ReLU.
+the attention mask (`"mean"`). The paper names neither the pooling, the activation nor the initialisation; the
+defaults here are `"cls"`, ReLU and PyTorch's own `nn.Linear` initialisation for the head.
 
 The config (`model_type="hf_influence_mlp_head"`) nests the encoder's config, so checkpoints round-trip through
 `save_pretrained` / `from_pretrained` and, once this module is imported (`import hf_influence.mlp_head`, which the
@@ -141,13 +141,12 @@ class MLPHeadForSequenceClassification(PreTrainedModel):
             self.encoder.pooler = None
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Head: normal(0, the encoder's `initializer_range`) weights, zero biases; encoder modules: the encoder's
-        own initialisation."""
+        """Head: PyTorch's own `nn.Linear` initialisation (what a hand-written MLP head gets; the encoders' normal(0,
+        0.02) would shrink the signal ~10x per layer of a narrow MLP, and a fresh 3-layer head would then barely
+        learn); encoder modules: the encoder's own initialisation."""
         if any(module is head_module for head_module in self.head.modules()):
             if isinstance(module, nn.Linear):
-                std = getattr(self.config.encoder_config(), "initializer_range", 0.02)
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                nn.init.zeros_(module.bias)
+                module.reset_parameters()
         elif hasattr(self.encoder, "_init_weights"):
             self.encoder._init_weights(module)
 

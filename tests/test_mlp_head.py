@@ -44,6 +44,11 @@ def test_from_encoder_keeps_the_encoder_and_adds_the_paper_head(encoder_dir):
     shapes = [tuple(m.weight.shape) for m in model.head if isinstance(m, torch.nn.Linear)]
     assert shapes == [(8, 24), (8, 8), (3, 8)]
     assert [m.p for m in model.head if isinstance(m, torch.nn.Dropout)] == [0.1, 0.1, 0.1]
+    wide = MLPHeadForSequenceClassification(MLPHeadConfig(encoder=encoder.config, num_labels=3, head_hidden_size=256))
+    for linear in (m for m in wide.head if isinstance(m, torch.nn.Linear)):  # PyTorch's U(-1/sqrt(fan_in), ...)
+        bound = linear.in_features ** -0.5
+        assert float(linear.weight.abs().max()) <= bound
+        assert float(linear.weight.std()) == pytest.approx(bound / 3**0.5, rel=0.2)
     batch = make_batch(97, seed=2)
     hidden = encoder(**batch).last_hidden_state
     logits = model(**batch).logits
