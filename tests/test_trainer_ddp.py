@@ -1,5 +1,6 @@
 """2-process CPU data parallel run (gloo): the same set of (example_id, epoch) records as a 1-process run, each once,
-although DDP's even_batches repeats samples to fill the last batch (22 examples, 2 x batch 4)."""
+although DDP's even_batches repeats samples to fill the last batch (22 examples, 2 x batch 4), with the same signals
+and per-example gradient norms."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ SCRIPT = textwrap.dedent(
                                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     args = ScoringConfig(output_dir=sys.argv[1], per_device_train_batch_size=4, num_train_epochs=2,
                          learning_rate=0.0, report_to=[], logging_strategy="no", save_strategy="steps", save_steps=2,
-                         use_cpu=True, disable_tqdm=True, dense_eval_steps=2)
+                         use_cpu=True, disable_tqdm=True, dense_eval_steps=2, record_grad_norm=True)
     trainer = ScoringTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
     trainer.train()
     if trainer.is_world_process_zero():
@@ -104,6 +105,9 @@ def test_two_processes_record_each_example_once_per_epoch(tmp_path, launcher, si
     # learning_rate=0: each example's signals are the same whichever process saw it
     merged = single.merge(ddp, on=key, suffixes=("_1", "_2"))
     assert (merged["loss_1"] - merged["loss_2"]).abs().max() < 1e-5
+    # ... and so are their own-loss gradient norms (DDP's per-process loss scaling is read off the loss itself)
+    assert merged["grad_norm_1"].notna().all() and merged["grad_norm_2"].notna().all()
+    assert ((merged["grad_norm_1"] - merged["grad_norm_2"]).abs() / merged["grad_norm_1"]).max() < 1e-4
     # dense evaluations: every example once per evaluation (2 processes x batch 4 = 3 steps per epoch)
     dense = pd.read_csv(tmp_path / "ddp" / "dense.csv")
     assert not dense.duplicated(["example_id", "step"]).any()
