@@ -402,6 +402,7 @@ class _HookEngine:
         self._in_backward = False
         self._root_batch: int | None = None
         self.anchor: torch.Tensor | None = None
+        self.half_precision = False  # whether an output gradient arrived in float16/bfloat16 (autocast)
 
     @property
     def sq(self) -> torch.Tensor | None:
@@ -497,6 +498,7 @@ class _HookEngine:
         slot = self._slot[id(layer.module)]
         out = self._buffer[slot : slot + 2]
         self._consumed = True
+        self.half_precision |= grad.dtype in (torch.float16, torch.bfloat16)
         key = self._gram_key.pop(id(layer.module), None)
         gram_a = layer_sq_norms_into(layer, x, grad, out, gram_a=self._grams.get(key))
         if key is not None:
@@ -807,6 +809,15 @@ def _one_labelled_example(inputs: Mapping[str, Any], labels: torch.Tensor) -> di
     return single
 
 
+def _tf32_matmuls() -> bool:
+    """Whether float32 matmuls on CUDA may run in TF32 (read through the new `fp32_precision` setting when present:
+    the legacy `allow_tf32` / `get_float32_matmul_precision` raise once the new one has been set)."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is not None:
+        return precision == "tf32"
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def check_hooks_against_autograd(
     model: nn.Module, engine: _HookEngine, mode: ScoringMode, batch: Mapping[str, Any], task: str = "auto"
 ) -> bool:
@@ -816,7 +827,8 @@ def check_hooks_against_autograd(
     `F.linear(h, module.weight)` in a parent module) would silently be missing from the norm. Here the first labelled
     example is run through the hooks and, separately, through a plain backward of its loss with the selected
     parameters requiring grad; per layer (a tied embedding/head pair together) the two squared norms must agree to
-    1e-3 relative in float32 (5e-2 in half precision), up to 1e-6 of the example's total. Parameters of the
+    2e-3 relative in float32 (1e-2 with TF32 matmuls on a GPU, 5e-2 in half precision or under autocast), up to 1e-6
+    of the example's total. Parameters of the
     `torch.func` fallback are exact by construction and not compared.
 
     Returns:
@@ -840,6 +852,7 @@ def check_hooks_against_autograd(
     buffer = engine._buffer
     hooked = (buffer.reshape(len(layers), 2).sum(1) if buffer is not None
               else torch.zeros(len(layers), device=labels.device)).double().tolist()
+    half = engine.half_precision
     engine.reset()
 
     index = {id(layer): i for i, layer in enumerate(layers)}
@@ -875,8 +888,13 @@ def check_hooks_against_autograd(
 
     expected = [sum(sq[pid] for pid in group_params(group)) for group in groups]
     found = [sum(hooked[i] for i in group) for group in groups]
-    half = next(iter(params.values())).dtype in (torch.float16, torch.bfloat16)
-    rtol, floor = (5e-2 if half else 1e-3), 1e-6 * sum(expected)
+    # The two sides round differently: autograd's weight gradients in the compute dtype, the hooks' products in float32
+    # from the same activations. Half precision (parameters or autocast) or TF32 matmuls on a GPU loosen the bound;
+    # a weight missed by the hooks is usually a large share of its layer's norm.
+    half = half or next(iter(params.values())).dtype in (torch.float16, torch.bfloat16)
+    tf32 = labels.device.type == "cuda" and _tf32_matmuls()
+    rtol = 5e-2 if half else 1e-2 if tf32 else 2e-3
+    floor = 1e-6 * sum(expected)
     wrong = [
         (" + ".join(f"{layers[i].name!r} ({type(layers[i].module).__name__})" for i in group), f, e)
         for group, f, e in zip(groups, found, expected)
