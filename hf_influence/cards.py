@@ -396,6 +396,7 @@ def render_model_card(
     tags: Sequence[str] = (),
     pipeline_tag: str | None = None,
     card_data: Mapping[str, Any] | None = None,
+    usage: str | None = None,
 ) -> Any:
     """Render the model card of a model fine-tuned on a pruned split.
 
@@ -413,6 +414,7 @@ def render_model_card(
         tags (`Sequence[str]`, *optional*): extra tags (``hf_influence`` tags are always added).
         pipeline_tag (`str`, *optional*): e.g. ``"text-classification"``.
         card_data (`Mapping`, *optional*): more YAML header fields.
+        usage (`str`, *optional*): Markdown for a "How to load" section (e.g. a model class that needs an import).
 
     Returns:
         `huggingface_hub.ModelCard`
@@ -454,6 +456,7 @@ def render_model_card(
             (k, json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else v) for k, v in (training or {}).items()
         ],
         versions=library_versions(),
+        usage=usage,
     )
     return ModelCard(content)
 

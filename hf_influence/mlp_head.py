@@ -241,6 +241,20 @@ class MLPHeadForSequenceClassification(PreTrainedModel):
                                         attentions=outputs.attentions)
 
 
+def loading_instructions(repo_or_path: str) -> str:
+    """Markdown telling a model card's reader how to load a checkpoint of this model type."""
+    return (
+        "This checkpoint has an MLP classification head (`model_type: hf_influence_mlp_head`, "
+        "`hf_influence.mlp_head.MLPHeadForSequenceClassification`). Import `hf_influence.mlp_head` first, so that "
+        "the Auto classes know the type:\n\n"
+        "```python\n"
+        "import hf_influence.mlp_head  # registers the model type\n"
+        "from transformers import AutoModelForSequenceClassification\n\n"
+        f'model = AutoModelForSequenceClassification.from_pretrained("{repo_or_path}")\n'
+        "```"
+    )
+
+
 def _register() -> None:
     """Make `AutoConfig` / `AutoModelForSequenceClassification` resolve `model_type="hf_influence_mlp_head"`."""
     try:

@@ -1237,8 +1237,11 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
 def write_best_model_card(best: BestModel, best_dir: Path, entries: list[dict[str, Any]], *, model_name: str,
                           dataset_ref: str, training_args, checkpoints: Sequence[Any]) -> None:
     from hf_influence.cards import render_model_card
+    from hf_influence.mlp_head import MODEL_TYPE, loading_instructions
 
     row = best.row
+    saved_config = json.loads((best_dir / "config.json").read_text())
+    mlp_head = saved_config.get("model_type") == MODEL_TYPE
     card = render_model_card(
         base_model=model_name,
         dataset=dataset_ref,
@@ -1257,6 +1260,7 @@ def write_best_model_card(best: BestModel, best_dir: Path, entries: list[dict[st
         model_name=f"{Path(model_name).name}-snli-{row['score']}-{row['strategy']}-keep{row['keep_fraction']:g}",
         pipeline_tag="text-classification",
         tags=["snli", "natural-language-inference", "data-pruning"],
+        usage=loading_instructions(str(best_dir)) if mlp_head else None,
     )
     card.save(str(best_dir / "README.md"))
 

@@ -127,3 +127,23 @@ def test_pooler_pooling_on_an_encoder_without_pooler(tmp_path):
     model = MLPHeadForSequenceClassification.from_encoder(tmp_path / "gpt2", num_labels=3, pooling="pooler")
     with pytest.raises(ValueError, match="GPT2Model encoder has no pooler output; use pooling='cls' or 'mean'"):
         model(**make_batch(model.encoder.config.vocab_size))
+
+
+def test_model_card_says_how_to_load(encoder_dir, tmp_path):
+    """The loading instructions a model card carries for this type work as written."""
+    import re
+    import subprocess
+    import sys
+
+    from hf_influence.cards import render_model_card
+    from hf_influence.mlp_head import loading_instructions
+
+    path, _ = encoder_dir
+    MLPHeadForSequenceClassification.from_encoder(path, num_labels=3, head_hidden_size=8).save_pretrained(
+        tmp_path / "saved")
+    card = str(render_model_card(base_model=str(path), usage=loading_instructions(str(tmp_path / "saved"))))
+    assert "## How to load" in card
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    script = code + "\nprint(type(model).__name__)\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("MLPHeadForSequenceClassification")
