@@ -8,11 +8,14 @@ a minus sign (`column="-aum"`), which negates it.
 
 Strategies (see `list_strategies()`), with their sources (METHODS.md A.3, B.4, C.4, D):
 
-- `"hardest"`: keep the `keep` highest scores (Data Diet `keep_max_scores`; ties keep the later rows).
-- `"easiest"`: keep the `keep` lowest scores (ties keep the earlier rows).
+- `"hardest"`: keep the `keep` highest scores (Data Diet `keep_max_scores`; ties keep the later rows);
+  `absolute=True` ranks by `|score|` (the code's `keep_max_abs_scores`).
+- `"easiest"`: keep the `keep` lowest scores (ties keep the earlier rows); `absolute=True`: `keep_min_abs_scores`.
 - `"random"`: a uniform random subset (the score column is not needed; pass `column=None`).
 - `"window"`: Data Diet's offset window: sort ascending, skip the `offset` highest scores and keep the next `keep`
-  (ranks `[N - offset - keep, N - offset)`). `offset` is an int count or a fraction of the candidates.
+  (ranks `[N - offset - keep, N - offset)`). `offset` is an int count or a fraction of the candidates. Or give
+  `start_rank` instead, Data Diet code's own parameter: keep ascending ranks `[start_rank, start_rank + keep)`
+  (`start_rank = N - keep - offset`).
 - `"ccs"`: Coverage-centric coreset selection (Zheng et al., ICLR 2023): drop the `floor(beta * N)` highest scores,
   split the rest into `k` (default 50) equal-width strata over `[min, 1.0001 * max)` (left-closed; for `max <= 0`
   the upper end is `max + 0.0001 * |max|`, or the next float when `max == 0`), then visit strata from the smallest
@@ -119,13 +122,13 @@ class _Result:
     strata: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _hardest(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
-    order = np.argsort(scores, kind="stable")
+def _hardest(scores: np.ndarray, m: int, rng: np.random.Generator, *, absolute: bool = False, **_: Any) -> _Result:
+    order = np.argsort(np.abs(scores) if absolute else scores, kind="stable")
     return _Result(order[len(scores) - m :])
 
 
-def _easiest(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
-    return _Result(np.argsort(scores, kind="stable")[:m])
+def _easiest(scores: np.ndarray, m: int, rng: np.random.Generator, *, absolute: bool = False, **_: Any) -> _Result:
+    return _Result(np.argsort(np.abs(scores) if absolute else scores, kind="stable")[:m])
 
 
 def _random(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
@@ -316,17 +319,19 @@ def sampling_probabilities(
 
 _STRATEGIES: dict[str, tuple[Callable[..., _Result], tuple[str, ...], bool]] = {
     # name: (function, accepted keyword arguments, needs a score column)
-    "hardest": (_hardest, (), True),
-    "easiest": (_easiest, (), True),
+    "hardest": (_hardest, ("absolute",), True),
+    "easiest": (_easiest, ("absolute",), True),
     "random": (_random, (), False),
-    "window": (_window, ("offset",), True),
+    "window": (_window, ("offset", "start_rank"), True),
     "ccs": (_ccs, ("beta", "k", "cut_column"), True),
     "coverage": (_coverage, ("k", "hard_prune", "cut_column"), True),
     "weighted": (_weighted, ("mapping", "eps", "temperature", "prefer"), True),
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "window": {"offset": 0},
+    "hardest": {"absolute": False},
+    "easiest": {"absolute": False},
+    "window": {"offset": 0, "start_rank": None},
     "ccs": {"beta": 0.0, "k": 50, "cut_column": None},
     "coverage": {"k": 50, "hard_prune": 0.0, "cut_column": None},
     "weighted": {"mapping": "linear", "eps": 1e-3, "temperature": 1.0, "prefer": "hard"},
@@ -428,8 +433,9 @@ def select_by_score(
         return_report (`bool`, defaults to False): also return a `SelectionReport`.
         nan_policy (`str`, defaults to `"drop"`): `"drop"` excludes rows without a score (with a warning saying
             how many); `"raise"` refuses them.
-        **strategy_kwargs: `offset` (window), `beta`, `k`, `cut_column` (ccs), `k`, `hard_prune`, `cut_column`
-            (coverage), `mapping`, `eps`, `temperature`, `prefer` (weighted).
+        **strategy_kwargs: `absolute` (hardest, easiest), `offset` or `start_rank` (window), `beta`, `k`,
+            `cut_column` (ccs), `k`, `hard_prune`, `cut_column` (coverage), `mapping`, `eps`, `temperature`,
+            `prefer` (weighted).
 
     Returns:
         `datasets.Dataset` (kept rows in their original order, every column kept), or `(Dataset, SelectionReport)`.
@@ -457,6 +463,9 @@ def select_by_score(
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"Unknown nan_policy {nan_policy!r}; valid values are {', '.join(NAN_POLICIES)}.")
     params = {**_DEFAULTS.get(strategy, {}), **strategy_kwargs}
+    if strategy == "window" and params["start_rank"] is not None and params["offset"]:
+        raise ValueError("window takes either offset (how many of the highest scores to skip) or start_rank (the "
+                         "ascending rank the window starts at, Data Diet's own offset), not both.")
     num_rows = len(dataset)
     if num_rows == 0:
         raise ValueError("Cannot select from an empty dataset.")
@@ -527,10 +536,18 @@ def select_by_score(
         if cut_scores is not None:
             kwargs["cut_scores"] = cut_scores[group]
         if strategy == "window":
-            kwargs["offset"] = _resolve_offset(params["offset"], len(group))
-            if class_balanced and isinstance(params["offset"], (int, np.integer)):
-                share = _largest_remainder(int(params["offset"]), np.array([len(g) for g in groups]))
-                kwargs["offset"] = int(share[list(classes).index(label)])
+            kwargs.pop("start_rank")
+            given = params["offset"] if params["start_rank"] is None else params["start_rank"]
+            shift = _resolve_offset(given, len(group))
+            if class_balanced and isinstance(given, (int, np.integer)):
+                share = _largest_remainder(int(given), np.array([len(g) for g in groups]))
+                shift = int(share[list(classes).index(label)])
+            if params["start_rank"] is not None:  # ascending ranks [start, start + keep) = skip the rest at the top
+                if shift + quota > len(group):
+                    raise ValueError(f"window: start_rank ({shift}) + keep ({quota}) exceeds the {len(group)} "
+                                     "candidate rows. Lower start_rank or keep.")
+                shift = len(group) - shift - int(quota)
+            kwargs["offset"] = shift
         result = function(scores[group], int(quota), rng, **kwargs)
         chosen_parts.append(group[np.asarray(result.chosen, dtype=np.int64)])
         report.num_hard_pruned += result.hard_pruned

@@ -88,6 +88,19 @@ def test_hardest_easiest_random_window_hand_cases():
     assert sorted(select_by_score(ds, "score", 3, "window", offset=0.5)["score"]) == [2.0, 3.0, 4.0]
     with pytest.raises(ValueError, match="exceeds"):
         select_by_score(ds, "score", 3, "window", offset=8)
+    # Data Diet code's own parameter: ascending ranks [start_rank, start_rank + keep) -> ranks 5, 6, 7 = (5, 6, 7)
+    assert sorted(select_by_score(ds, "score", 3, "window", start_rank=5)["score"]) == [5.0, 6.0, 7.0]
+    assert sorted(select_by_score(ds, "score", 3, "window", start_rank=0)["score"]) == [0.0, 1.0, 2.0]
+    assert sorted(select_by_score(ds, "score", 3, "window", start_rank=0.7)["score"]) == [7.0, 8.0, 9.0]
+    with pytest.raises(ValueError, match=r"start_rank \(8\) \+ keep \(3\) exceeds"):
+        select_by_score(ds, "score", 3, "window", start_rank=8)
+    with pytest.raises(ValueError, match="either offset .* or start_rank"):
+        select_by_score(ds, "score", 3, "window", offset=1, start_rank=2)
+    # Data Diet code's keep_max_abs / keep_min_abs variants
+    signed = _ds([-9, 1, -2, 8, 0, 3])
+    assert select_by_score(signed, "score", 2, "hardest", absolute=True)["score"] == [-9.0, 8.0]
+    assert select_by_score(signed, "score", 2, "easiest", absolute=True)["score"] == [1.0, 0.0]
+    assert select_by_score(signed, "score", 2, "hardest")["score"] == [8.0, 3.0]
     r1 = select_by_score(ds, None, 4, "random", seed=1)["example_id"]
     assert r1 == select_by_score(ds, None, 4, "random", seed=1)["example_id"]
     assert len(set(r1)) == 4 and r1 == sorted(r1)
@@ -162,6 +175,11 @@ def test_class_balanced_largest_remainder_and_report():
     # window per class: an int offset is split by the same rule (offset 2 -> 1, 1, 0)
     out = select_by_score(_ds(scores, labels), "score", 5, "window", offset=2, class_balanced=True)
     assert out["score"] == [1.0, 2.0, 3.0, 6.0, 9.0]
+    # by start rank: an int start 1 splits as 1, 0, 0 (remainders .5, .3, .2); a fraction 0.2 floors per class to
+    # 1, 0, 0 as well -> class 0 ranks [1, 4) = 1, 2, 3; class 1 rank 0 = 5; class 2 rank 0 = 8
+    for start in (1, 0.2):
+        same = select_by_score(_ds(scores, labels), "score", 5, "window", start_rank=start, class_balanced=True)
+        assert same["score"] == [1.0, 2.0, 3.0, 5.0, 8.0]
 
 
 # ---- real data: 300 Games users --------------------------------------------------------------------------------
