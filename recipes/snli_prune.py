@@ -278,8 +278,8 @@ class PruningArguments:
     tracin_params: str | None = field(
         default="last_layer",
         metadata={
-            "help": "Parameters whose gradients TracIn uses: 'last_layer' (the last encoder layer, as Anand et al.), "
-            "a parameter-name regex, or 'all'."
+            "help": "Parameters whose gradients TracIn uses: 'last_layer' (the last encoder layer, as Anand et al.; "
+            "not the library's params='last_layer', which is the output layer), a parameter-name regex, or 'all'."
         },
     )
     scoring_batch_size: int = field(default=64, metadata={"help": "Batch size of the checkpoint-based scorers."})

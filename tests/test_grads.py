@@ -523,3 +523,31 @@ def test_hook_check_finds_deberta_relative_embeddings():
     params = [p for name, p in model.named_parameters() if re.search(selection, name)]
     # the rest is exact (norms ~300 with these weights: float32 sums leave ~1e-5 of rounding, hence 1e-4)
     torch.testing.assert_close(ours, naive_sq_norms(model, batch, params, "cls"), rtol=1e-4, atol=0)
+
+
+def test_last_layer_and_all_parameter_selections():
+    """params='last_layer' is the output layer: for BERT's classifier the per-example squared gradient norm has the
+    closed form ||softmax(z) - onehot(y)||^2 (||h||^2 + 1) (h = pooled output); params='all' includes frozen
+    parameters."""
+    from transformers import BertForSequenceClassification
+
+    from hf_influence.grads.core import select_parameters
+
+    torch.manual_seed(20)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    assert list(select_parameters(model, "last_layer")) == ["classifier.weight", "classifier.bias"]
+    batch = make_batch(97, seed=20)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2])
+    with torch.no_grad():
+        pooled = model.bert(**batch).pooler_output
+        probs = model.classifier(pooled).softmax(-1)
+    by_hand = (probs - F.one_hot(labels, 3)).square().sum(-1) * (pooled.square().sum(-1) + 1)
+    ours = per_example_grad_norms(model, {**batch, "labels": labels}, params="last_layer", squared=True)
+    torch.testing.assert_close(ours, by_hand, rtol=RTOL, atol=0)
+
+    for param in model.bert.parameters():
+        param.requires_grad_(False)
+    assert len(select_parameters(model)) == 2  # trainable: the classifier
+    everything = select_parameters(model, "all")
+    assert len(everything) == len(list(model.parameters())) and "bert.embeddings.word_embeddings.weight" in everything
+    assert list(select_parameters(model, "classifier")) == ["classifier.weight", "classifier.bias"]  # a regex

@@ -46,10 +46,14 @@ def select_parameters(model: nn.Module, params: ParamSpec = None) -> dict[str, n
     Args:
         model (`nn.Module`): the model.
         params (`None`, `str` or iterable): `None` selects every parameter with `requires_grad=True` (for a PEFT
-            model these are the adapter parameters and any `modules_to_save`); a string is a regular expression
-            searched in every parameter name (frozen ones included, so `"encoder.layer.3."` works on any checkpoint;
-            a tied weight matches under any of its names, e.g. `lm_head.weight` or `transformer.wte.weight`); an
-            iterable gives parameter names or `nn.Parameter` objects.
+            model these are the adapter parameters and any `modules_to_save`); `"all"` every parameter of the model,
+            frozen ones included (Data Diet's GraNd over the whole network); `"last_layer"` the parameters of the
+            output layer, i.e. of the last module (in registration order) that owns parameters itself: BERT's
+            `classifier`, RoBERTa's `classifier.out_proj`, GPT-2's `lm_head` (tied to the input embedding, so its
+            gradient includes the embedding's); any other string is a regular expression searched in every parameter
+            name (frozen ones included, so `"encoder.layer.3."` works on any checkpoint; a tied weight matches under
+            any of its names, e.g. `lm_head.weight` or `transformer.wte.weight`); an iterable gives parameter names
+            or `nn.Parameter` objects.
 
     Returns:
         `dict[str, nn.Parameter]`: selected parameters in model order.
@@ -71,6 +75,20 @@ def select_parameters(model: nn.Module, params: ParamSpec = None) -> dict[str, n
                 f"No trainable parameters selected: the {kind}. Unfreeze some parameters or pass params=<name regex> "
                 f"(e.g. params=r'classifier' or params=r'encoder\\.layer\\.3\\.')."
             )
+    elif params == "all":
+        for name, param in all_named:
+            selected.setdefault(id(param), (name, param))
+        if not selected:
+            raise ValueError("params='all': the model has no parameters.")
+    elif params == "last_layer":
+        owners = [(name, module) for name, module in model.named_modules()
+                  if any(p is not None for p in module._parameters.values())]
+        if not owners:
+            raise ValueError("params='last_layer': the model has no parameters.")
+        prefix, module = owners[-1]
+        for attr, param in module._parameters.items():
+            if param is not None:
+                selected.setdefault(id(param), (f"{prefix}.{attr}" if prefix else attr, param))
     elif isinstance(params, str):
         try:
             pattern = re.compile(params)

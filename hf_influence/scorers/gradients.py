@@ -32,7 +32,8 @@ class _GradientNormScorer(ModelOutputScorer):
         kwargs["pad_to_multiple_of"] = resolve_pad_multiple(kwargs.get("pad_to_multiple_of"), cuda_graph)
         super().__init__(model, **kwargs)
         if params is not None and not isinstance(params, str):
-            raise TypeError(f"params must be None or a parameter-name regex string, got {type(params).__name__}.")
+            raise TypeError(f"params must be None, 'all', 'last_layer' or a parameter-name regex string, got "
+                            f"{type(params).__name__}.")
         if cuda_graph and not self.cache_models:
             raise ValueError("cuda_graph=True needs cache_models=True: the graphs are captured once per checkpoint "
                              "and replayed for every batch, so the checkpoints must stay loaded.")
@@ -84,7 +85,9 @@ class GraNdScorer(_GradientNormScorer):
     Args:
         model: checkpoint(s) as in `ModelOutputScorer` (a run folder expands to its `checkpoint-*` folders; pass one
             checkpoint per independent run/seed to average over runs).
-        params (`str`, *optional*): parameter-name regex (e.g. `r"classifier"`); default: every trainable parameter.
+        params (`str`, *optional*): `"all"` (every parameter, frozen ones too: the paper's whole-network GraNd),
+            `"last_layer"` (the output layer, e.g. BERT's `classifier`), or a parameter-name regex (e.g.
+            `r"classifier"`); default: every trainable parameter (see `hf_influence.grads.select_parameters`).
         cuda_graph (`bool`, defaults to `False`): on a GPU, capture each checkpoint's norms step as CUDA graphs and
             replay them (`PerExampleGradNorms(cuda_graph=True)`); batches are then padded to a multiple of 64 tokens
             unless `pad_to_multiple_of` says otherwise. Needs `cache_models=True`.
@@ -168,7 +171,8 @@ class TracInScorer(_GradientNormScorer):
         learning_rates (`float` or `list[float]`, *optional*): `eta_c`, one per checkpoint, or one for all. By default
             each checkpoint's learning rate is read from its `trainer_state.json` (the last logged `learning_rate` at
             or before its `global_step`).
-        params (`str`, *optional*): parameter-name regex; default: every trainable parameter.
+        params (`str`, *optional*): `"all"`, `"last_layer"` (the output layer: the classifier, not Anand et al.'s
+            last encoder layer) or a parameter-name regex; default: every trainable parameter.
         **kwargs: as in `GraNdScorer`.
 
     Raises:
