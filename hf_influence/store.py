@@ -285,7 +285,8 @@ class SignalStore:
                 f"dense={len(self._concat(DENSE))})")
 
     # ------------------------------------------------------------------ summaries
-    def summary(self, forgetting_source: str | None = None) -> pd.DataFrame:
+    def summary(self, forgetting_source: str | None = None, *, burn_out: int | None = None,
+                variability_ddof: int = 0) -> pd.DataFrame:
         """Per-example scores, indexed by `example_id`.
 
         Columns:
@@ -311,6 +312,13 @@ class SignalStore:
             forgetting_source (`str` or `None`): `"dense"` counts forgetting on the dense evaluations,
                 `"presentations"` on the training minibatch presentations. `None` uses `"dense"` when the store
                 has a dense table.
+            burn_out (`int`, *optional*): compute the cartography columns (`confidence`, `variability`,
+                `correctness`) from the first `burn_out` epochs only (the cartography code's `burn_out`); the other
+                columns use every epoch.
+            variability_ddof (`int`, defaults to 0): 0 = population standard deviation (the paper, `np.std`), 1 =
+                the bias-corrected sample standard deviation (an option of the cartography code).
+
+        The options used are recorded in the frame's `attrs["cartography"]` (the dataset card shows them).
 
         Returns:
             `pandas.DataFrame` indexed by `example_id`.
@@ -326,7 +334,8 @@ class SignalStore:
                              "dense_eval_steps set, or use forgetting_source='presentations'.")
         if not len(records):
             raise ValueError(f"The store at {self.path!r} holds no presentations yet; nothing to summarise.")
-        return summarize_records(records, dense if forgetting_source == "dense" else records)
+        return summarize_records(records, dense if forgetting_source == "dense" else records, burn_out=burn_out,
+                                 variability_ddof=variability_ddof)
 
     @staticmethod
     def combine(stores: Sequence[SignalStore], forgetting_source: str | None = None
@@ -411,25 +420,38 @@ def forgetting_events(frame: pd.DataFrame) -> pd.Series:
     return events.where(learned, float("inf")).rename("forgetting")
 
 
-def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The per-example summary of [`SignalStore.summary`] from a records frame (see there for the columns).
+def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | None = None, *,
+                      burn_out: int | None = None, variability_ddof: int = 0) -> pd.DataFrame:
+    """The per-example summary of [`SignalStore.summary`] from a records frame (see there for the columns and the
+    cartography options `burn_out` and `variability_ddof`).
 
     Args:
         records (`pandas.DataFrame`): one row per presentation (`example_id, epoch, step` and the signals).
         forgetting_frame (`pandas.DataFrame` or `None`): rows to count forgetting events on (defaults to `records`).
     """
+    if burn_out is not None and (isinstance(burn_out, bool) or not isinstance(burn_out, int) or burn_out < 1):
+        raise ValueError(f"burn_out must be a positive number of epochs, got {burn_out!r}.")
+    if variability_ddof not in (0, 1):
+        raise ValueError(f"variability_ddof must be 0 (population std, the paper) or 1 (bias-corrected), got "
+                         f"{variability_ddof!r}.")
     records = records.copy()
     for name in records.columns:
         if name not in KEY_COLUMNS:
             records[name] = records[name].astype("float64")
     by_example = records.groupby("example_id")
     per_epoch = records.groupby(["example_id", "epoch"])[["prob_gold", "correct", "el2n"]].mean()
-    epoch_groups = per_epoch.groupby(level="example_id")
+    cartography = per_epoch
+    if burn_out is not None:
+        cartography = per_epoch[per_epoch.index.get_level_values("epoch") < burn_out]
+        if cartography.empty:
+            raise ValueError(f"burn_out={burn_out} keeps no epoch: the records start at epoch "
+                             f"{int(per_epoch.index.get_level_values('epoch').min())}.")
+    epoch_groups = cartography.groupby(level="example_id")
     summary = pd.DataFrame({
         "forgetting": forgetting_events(records if forgetting_frame is None else forgetting_frame),
         "aum": by_example["margin"].mean(),
         "confidence": epoch_groups["prob_gold"].mean(),
-        "variability": epoch_groups["prob_gold"].std(ddof=0),
+        "variability": epoch_groups["prob_gold"].std(ddof=variability_ddof),
         "correctness": epoch_groups["correct"].mean(),
         "mean_loss": by_example["loss"].mean(),
     })
@@ -440,4 +462,5 @@ def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | No
     if "grad_norm" in records.columns:
         summary["mean_grad_norm"] = by_example["grad_norm"].mean()
     summary.index.name = "example_id"
+    summary.attrs["cartography"] = {"burn_out": burn_out, "variability_ddof": variability_ddof}
     return summary

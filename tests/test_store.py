@@ -35,8 +35,9 @@ def _frame(rows=ROWS, entropy=0.5):
     return frame
 
 
-def _hand_summary(rows):
-    """Straight loops over the rows, following Toneva / Pleiss / Swayamdipta / Paul."""
+def _hand_summary(rows, burn_out=None, ddof=0):
+    """Straight loops over the rows, following Toneva / Pleiss / Swayamdipta / Paul (cartography over the first
+    `burn_out` epochs, std with `ddof`)."""
     out = {}
     for example in sorted({r[0] for r in rows}):
         own = sorted([r for r in rows if r[0] == example], key=lambda r: r[2])
@@ -46,14 +47,16 @@ def _hand_summary(rows):
         epochs = sorted({r[1] for r in own})
         prob_by_epoch = [np.mean([r[4] for r in own if r[1] == e]) for e in epochs]
         correct_by_epoch = [np.mean([r[3] for r in own if r[1] == e]) for e in epochs]
-        mu = sum(prob_by_epoch) / len(epochs)
-        sigma = math.sqrt(sum((p - mu) ** 2 for p in prob_by_epoch) / len(epochs))
+        kept = [i for i, e in enumerate(epochs) if burn_out is None or e < burn_out]
+        prob_kept = [prob_by_epoch[i] for i in kept]
+        mu = sum(prob_kept) / len(kept)
+        sigma = math.sqrt(sum((p - mu) ** 2 for p in prob_kept) / (len(kept) - ddof))
         entry = {
             "forgetting": forgetting,
             "aum": sum(r[5] for r in own) / len(own),
             "confidence": mu,
             "variability": sigma,
-            "correctness": sum(correct_by_epoch) / len(epochs),
+            "correctness": sum(correct_by_epoch[i] for i in kept) / len(kept),
             "mean_loss": sum(r[6] for r in own) / len(own),
         }
         for e in epochs:
@@ -81,6 +84,32 @@ def test_summary_matches_hand_computation():
     assert summary.loc[0, "confidence"] == pytest.approx((0.45 + 0.8) / 2, abs=1e-6)
     assert summary.loc[0, "variability"] == pytest.approx(0.175, abs=1e-6)
     assert summary.loc[0, "correctness"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("burn_out", "ddof"), [(1, 0), (None, 1), (2, 1)])
+def test_cartography_burn_out_and_bias_corrected_variability(burn_out, ddof):
+    """The cartography code's options: dynamics of the first `burn_out` epochs only, bias-corrected std; the other
+    columns keep every epoch; the options reach the dataset card through DynamicsScorer."""
+    from hf_influence.scorers import DynamicsScorer
+
+    summary = SignalStore.from_records(_frame()).summary(burn_out=burn_out, variability_ddof=ddof)
+    for example, entry in _hand_summary(ROWS, burn_out=burn_out, ddof=ddof).items():
+        for column, value in entry.items():
+            if not math.isinf(value):
+                assert summary.loc[example, column] == pytest.approx(value, abs=1e-6), (example, column)
+    assert summary.attrs["cartography"] == {"burn_out": burn_out, "variability_ddof": ddof}
+    entries = {e["name"]: e for e in DynamicsScorer(summary, ["variability", "aum"]).card_entries()}
+    assert ("bias-corrected" in entries["variability"]["definition"]) == (ddof == 1)
+    assert ("burn_out" in entries["variability"]["definition"]) == (burn_out is not None)
+    assert "burn_out" not in entries["aum"]["definition"]
+
+
+def test_cartography_option_errors():
+    store = SignalStore.from_records(_frame())
+    with pytest.raises(ValueError, match="burn_out must be a positive number of epochs"):
+        store.summary(burn_out=0)
+    with pytest.raises(ValueError, match="variability_ddof must be 0"):
+        store.summary(variability_ddof=2)
 
 
 def test_dense_forgetting_is_default_when_present():

@@ -56,6 +56,8 @@ _COLUMN_INFO: dict[str, tuple[str, str, str]] = {
     ),
 }
 _EL2N_EPOCH = re.compile(r"el2n_epoch_(\d+)")
+#: Summary columns that `SignalStore.summary(burn_out=...)` restricts to the first epochs.
+CARTOGRAPHY_COLUMNS = ("confidence", "variability", "correctness")
 
 
 def column_info(column: str) -> tuple[str, str, str]:
@@ -127,6 +129,7 @@ class DynamicsScorer(Scorer):
         self.columns = columns
         self.prefix = prefix
         self.id_column = id_column
+        self.cartography = dict(summary.attrs.get("cartography") or {})
         self.summary = summary[columns].astype("float64")
         self.output_columns = [prefix + c for c in columns]
         self.column = ",".join(self.output_columns)
@@ -148,8 +151,13 @@ class DynamicsScorer(Scorer):
     def card_entries(self) -> list[dict[str, Any]]:
         """One card entry per attached column (what `hf_influence.cards` expects per score column)."""
         entries = []
+        burn_out = self.cartography.get("burn_out")
         for source, output in zip(self.columns, self.output_columns):
             definition, paper, polarity = column_info(source)
+            if source == "variability" and self.cartography.get("variability_ddof") == 1:
+                definition = "bias-corrected sample std (ddof=1) over epochs of p(y|x)"
+            if burn_out is not None and source in CARTOGRAPHY_COLUMNS:
+                definition += f", first {burn_out} epoch(s) only (burn_out)"
             entries.append(
                 {
                     "name": source,
@@ -157,7 +165,9 @@ class DynamicsScorer(Scorer):
                     "definition": definition,
                     "paper": paper,
                     "polarity": polarity,
-                    "config": {"source": "SignalStore.summary()", "id_column": self.id_column},
+                    "config": {"source": "SignalStore.summary()", "id_column": self.id_column,
+                               **({"cartography": self.cartography} if source in CARTOGRAPHY_COLUMNS
+                                  and self.cartography else {})},
                 }
             )
         return entries
