@@ -282,6 +282,14 @@ class PruningArguments:
             "not the library's params='last_layer', which is the output layer), a parameter-name regex, or 'all'."
         },
     )
+    tracin_checkpoint_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "TracIn's own checkpoints: every N optimizer steps of the first scoring run (N, 2N, ..., "
+            "--num_score_checkpoints x N; the paper: 10 checkpoints every 500 iterations). Default: the evenly "
+            "spaced checkpoints VoG uses."
+        },
+    )
     scoring_batch_size: int = field(default=64, metadata={"help": "Batch size of the checkpoint-based scorers."})
     include_random: bool = field(default=True, metadata={"help": "Evaluate random selection at every fraction."})
     include_full: bool = field(default=True, metadata={"help": "Evaluate the full training set as reference."})
@@ -327,6 +335,9 @@ class PruningArguments:
             raise ValueError(f"--vog_reduce must be 'var' or 'std', got {self.vog_reduce!r}.")
         if self.scoring_batch_size < 1:
             raise ValueError(f"--scoring_batch_size must be positive, got {self.scoring_batch_size}.")
+        if self.tracin_checkpoint_every is not None and self.tracin_checkpoint_every < 1:
+            raise ValueError(f"--tracin_checkpoint_every must be a positive number of steps, got "
+                             f"{self.tracin_checkpoint_every}.")
         if self.weighted_mapping not in ("softmax", "linear"):
             raise ValueError(f"--weighted_mapping must be 'softmax' or 'linear', got {self.weighted_mapping!r}.")
         if not self.weighted_temperature > 0:
@@ -346,6 +357,11 @@ class PruningArguments:
                 )
             if score not in self.scores:
                 raise ValueError(f"--selections entry {item!r} uses {score!r}, which is not in --scores {self.scores}")
+
+    def tracin_steps(self) -> list[int]:
+        """The steps of TracIn's own checkpoints (empty: TracIn uses the evenly spaced trajectory)."""
+        every = self.tracin_checkpoint_every
+        return [every * (i + 1) for i in range(self.num_score_checkpoints)] if every else []
 
     def strategy_kwargs(self, strategy: str) -> dict[str, Any]:
         """Extra `select_by_score` keyword arguments of a strategy."""
@@ -788,16 +804,20 @@ def plain_training_arguments(args, **overrides):
 
 
 class CheckpointSchedule(TrainerCallback):
-    """Saves checkpoints at chosen epoch ends, at ``num_evenly_spaced`` evenly spaced steps, and optionally at the end.
+    """Saves checkpoints at chosen epoch ends, at ``num_evenly_spaced`` evenly spaced steps, at ``fixed_steps``, and
+    optionally at the end.
 
     After training, ``epoch_steps[k]`` is the global step of the end of epoch ``k`` (1-based) and ``steps`` the sorted
-    evenly spaced steps; the Trainer writes each as ``<output_dir>/checkpoint-<step>``.
+    evenly spaced steps; the Trainer writes each as ``<output_dir>/checkpoint-<step>``. ``fixed_steps`` beyond the
+    run's last step stop it at once, before any training, with the fix in the message.
     """
 
-    def __init__(self, num_evenly_spaced: int = 0, epochs: Sequence[int] = (), final: bool = False) -> None:
+    def __init__(self, num_evenly_spaced: int = 0, epochs: Sequence[int] = (), final: bool = False,
+                 fixed_steps: Sequence[int] = ()) -> None:
         self.num_evenly_spaced = num_evenly_spaced
         self.epochs = set(epochs)
         self.final = final
+        self.fixed_steps = sorted(set(fixed_steps))
         self.steps: list[int] = []
         self.epoch_steps: dict[int, int] = {}
         self.max_steps = 0
@@ -806,10 +826,17 @@ class CheckpointSchedule(TrainerCallback):
         self.max_steps = state.max_steps
         n = self.num_evenly_spaced
         self.steps = sorted({max(1, round(state.max_steps * (i + 1) / n)) for i in range(n)}) if n else []
+        if self.fixed_steps and self.fixed_steps[-1] > state.max_steps:
+            raise ValueError(
+                f"The scoring run has {state.max_steps} optimizer steps, fewer than the last TracIn checkpoint "
+                f"({self.fixed_steps[-1]} = --num_score_checkpoints x --tracin_checkpoint_every). Lower "
+                "--tracin_checkpoint_every or --num_score_checkpoints, or train longer (--scoring_num_train_epochs)."
+            )
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step in self.steps or (self.final and state.global_step >= state.max_steps):
+        step = state.global_step
+        if step in self.steps or step in self.fixed_steps or (self.final and step >= state.max_steps):
             control.should_save = True
         return control
 
@@ -832,16 +859,22 @@ class ScoringRun:
     final_checkpoint: Path | None
     trajectory: list[Path]
     pvi_checkpoint: Path | None = None
+    #: TracIn's own checkpoints (--tracin_checkpoint_every); empty when TracIn uses ``trajectory``
+    tracin_trajectory: list[Path] = dataclasses.field(default_factory=list)
     #: a PVI null run's (only) input, the token columns of the empty pair as its training split tokenized it
     null_input: dict[str, list[int]] | None = None
 
 
-def scoring_needs(scores: Sequence[str]) -> dict[str, bool]:
+def scoring_needs(scores: Sequence[str], tracin_own_checkpoints: bool = False) -> dict[str, bool]:
+    """Which checkpoints and tables the scoring runs must leave (``tracin_own_checkpoints``: TracIn has its own, so it
+    does not need the evenly spaced trajectory)."""
     sources = {SCORES[s].source for s in scores}
     return {
         "early": bool({"el2n", "grand"} & set(scores)),
         "final": "loss" in scores,
         "trajectory": "trajectory" in sources,
+        "evenly_spaced": any(SCORES[s].source == "trajectory" and not (s == "tracin" and tracin_own_checkpoints)
+                             for s in scores),
         "store": "store" in sources,
         "null": "null" in sources,
     }
@@ -853,7 +886,7 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
     """Fine-tune one scoring run with ScoringTrainer (signals recorded) and save the checkpoints the scorers need."""
     from hf_influence.trainer import ScoringTrainer
 
-    needs = scoring_needs(prune_args.scores)
+    needs = scoring_needs(prune_args.scores, tracin_own_checkpoints=bool(prune_args.tracin_checkpoint_every))
     run_dir = output_dir / "scoring" / (run_name or f"seed_{seed}")
     epochs = prune_args.scoring_num_train_epochs or training_args.num_train_epochs
     args = dataclasses.replace(
@@ -870,9 +903,10 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
         signals_dir=None,
     )
     schedule = CheckpointSchedule(
-        num_evenly_spaced=prune_args.num_score_checkpoints if (first and needs["trajectory"]) else 0,
+        num_evenly_spaced=prune_args.num_score_checkpoints if (first and needs["evenly_spaced"]) else 0,
         epochs=([prune_args.el2n_epoch] if needs["early"] else []) + ([prune_args.pvi_epoch] if needs["null"] else []),
         final=needs["final"],
+        fixed_steps=prune_args.tracin_steps() if (first and "tracin" in prune_args.scores) else (),
     )
     model = load_model(model_path, config, tokenizer, seed, quiet=not first)
     trainer = ScoringTrainer(
@@ -889,12 +923,13 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
     pvi = run_dir / f"checkpoint-{schedule.epoch_steps[prune_args.pvi_epoch]}" if needs["null"] else None
     final = run_dir / f"checkpoint-{schedule.max_steps}" if needs["final"] else None
     trajectory = [run_dir / f"checkpoint-{step}" for step in schedule.steps]
-    if first and needs["trajectory"] and len(trajectory) < prune_args.num_score_checkpoints:
+    if first and needs["evenly_spaced"] and len(trajectory) < prune_args.num_score_checkpoints:
         logger.warning(
             f"The scoring run has only {schedule.max_steps} steps, so {len(trajectory)} distinct checkpoints were "
             f"saved instead of --num_score_checkpoints={prune_args.num_score_checkpoints}."
         )
-    return ScoringRun(seed, run_dir, trainer.signal_store, early, final, trajectory, pvi)
+    tracin = [run_dir / f"checkpoint-{step}" for step in schedule.fixed_steps]
+    return ScoringRun(seed, run_dir, trainer.signal_store, early, final, trajectory, pvi, tracin)
 
 
 
@@ -992,8 +1027,8 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
         params = prune_args.tracin_params
         if params == "last_layer":
             params = rf"\.layer\.{encoder_config(config).num_hidden_layers - 1}\."
-        add(get_scorer("tracin", model=trajectory, learning_rates=1.0, params=None if params == "all" else params,
-                       **common))
+        add(get_scorer("tracin", model=runs[0].tracin_trajectory or trajectory, learning_rates=1.0,
+                       params=None if params == "all" else params, **common))
     null = [null_run.final_checkpoint] if null_run is not None else []
     if "pvi" in scores:
         empty = null_run.null_input
@@ -1002,7 +1037,8 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
                        null_token_type_ids=empty.get("token_type_ids"), **common))
     checkpoints: list[str] = []
     pvi_real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
-    for path in [*early, *final, *trajectory, *pvi_real, *null]:
+    tracin_own = runs[0].tracin_trajectory if runs else []
+    for path in [*early, *final, *trajectory, *tracin_own, *pvi_real, *null]:
         if str(path) not in checkpoints:
             checkpoints.append(str(path))
     return scored, entries, checkpoints, summary, stability

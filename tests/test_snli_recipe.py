@@ -255,6 +255,16 @@ def test_mlp_head_option(tmp_path, minilm_path):
                            "--head_pooling", "max"])
 
 
+def test_tracin_checkpoints_beyond_the_run_fail_before_training(tmp_path):
+    """10 TracIn checkpoints every 500 steps need 5,000 steps; the 4-step smoke run stops at train begin."""
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"fewer than the last TracIn checkpoint \(1500 = --num_score_checkpoints"):
+        _run_main(recipe, tmp_path, "--scores", "tracin", "--selections", "tracin:hardest",
+                  "--tracin_checkpoint_every", "500")
+    with pytest.raises(ValueError, match="--tracin_checkpoint_every must be a positive"):
+        _run_main(recipe, tmp_path, "--tracin_checkpoint_every", "0")
+
+
 def test_summary_against_hand_computation():
     recipe = _recipe()
     rows = []
@@ -292,7 +302,9 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     out = tmp_path / "smoke"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(RECIPE), "--config", str(SMOKE), "--output_dir", str(out)],
+        # TracIn on its own checkpoints every step (the paper's every-500-iterations protocol, scaled down)
+        [sys.executable, str(RECIPE), "--config", str(SMOKE), "--output_dir", str(out), "--tracin_checkpoint_every",
+         "1"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -349,6 +361,12 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     from transformers import AutoTokenizer
 
     empty = AutoTokenizer.from_pretrained(str(minilm_path))([""], [""])
+    (tracin,) = [e for e in provenance["scores"] if e["column"] == "tracin"]
+    assert [Path(c).name for c in tracin["config"]["checkpoints"]] == [
+        f"checkpoint-{i + 1}" for i in range(profile["num_score_checkpoints"])]
+    (vog,) = [e for e in provenance["scores"] if e["column"] == "vog_class"]
+    vog_steps = [Path(c).name for c in vog["config"]["checkpoints"]]
+    assert vog_steps == ["checkpoint-1", "checkpoint-3", "checkpoint-4"]  # evenly spaced over the 4 steps
     (pvi,) = [e for e in provenance["scores"] if e["column"] == "pvi"]
     assert pvi["config"]["null_input_ids"] == empty["input_ids"][0]
     assert pvi["config"]["null_token_type_ids"] == empty["token_type_ids"][0]
