@@ -152,6 +152,11 @@ class PruningArguments:
     normalize: str = field(default="minmax", metadata={"help": "'minmax' (code) or 'none' (paper's raw sum)."})
     ccs_beta: float = field(default=0.1, metadata={"help": "CCS hard cutoff of the highest EL2N."})
     selection_seed: int = field(default=42, metadata={"help": "Seed of random draws in every selection."})
+    resample_negatives: bool = field(
+        default=False,
+        metadata={"help": "Surrogate scores with fresh negative items at every draw, as the authors' code does "
+                  "(influence then varies from run to run). Default: fixed negatives per user (reproducible)."},
+    )
     influence_solver: str = field(default="lissa", metadata={"help": "'lissa', 'cg' or 'exact'."})
     influence_scope: str | None = field(
         default=None, metadata={"help": "Regex of surrogate parameters (default: last attention output projection)."}
@@ -368,9 +373,10 @@ def score_surrogate(sasrec, users, pruning: PruningArguments, device: torch.devi
 
     sasrec = sasrec.to(device).eval()
     features = build_sasrec_dataset(users["train"], sasrec.config)
-    # fixed negatives per user (a function of (seed, example_id)): reproducible per-sample losses and gradients
+    # by default fixed negatives per user (a function of (seed, example_id)): reproducible per-sample losses and
+    # gradients; --resample_negatives draws new ones every time, as the authors' collator
     collator = SASRecCollator(num_items=sasrec.config.num_items, max_len=sasrec.config.max_seq_length, seed=seed,
-                              resample=False)
+                              resample=pruning.resample_negatives)
     scores: dict[str, np.ndarray] = {"example_id": np.asarray(features["example_id"])}
     with timer("influence"):
         scorer = InfluenceScorer(
