@@ -170,6 +170,11 @@ class PruningArguments:
                                         "lora_B)."}
     )
     effort_loss: str = field(default="full_prompt", metadata={"help": "'full_prompt' (authors) or 'response_only'."})
+    effort_train_mode: bool = field(
+        default=False,
+        metadata={"help": "Effort in train mode, LoRA dropout on (the authors' code); default: eval mode "
+                  "(deterministic)."},
+    )
     effort_batch_size: int = field(default=8, metadata={"help": "Prompts per effort batch."})
 
 
@@ -413,7 +418,7 @@ def score_effort(base_model, tokenizer, train_prompts, pruning: PruningArguments
 
     model = get_peft_model(copy.deepcopy(base_model), lora_config(llm))
     scorer = EffortScorer(model, tokenizer=tokenizer, scope=pruning.effort_scope, loss=pruning.effort_loss,
-                          batch_size=pruning.effort_batch_size, device=device)
+                          batch_size=pruning.effort_batch_size, device=device, train_mode=pruning.effort_train_mode)
     scored = scorer(train_prompts.select_columns(["example_id", "input_ids", "attention_mask", "labels"]),
                     keep_in_memory=True)
     effort = np.asarray(scored["effort"], dtype=np.float64)

@@ -99,6 +99,28 @@ def test_effort_response_only_and_authors_scope():
     _assert_rel(got, _naive(model, data, scorer.scope_pattern, response_only=True))
 
 
+def test_effort_train_mode_draws_dropout_like_the_authors():
+    """train_mode=True (the authors' model.train()): LoRA dropout on, so scores differ from eval mode, repeat under
+    the same seed and vary under another; the card says so."""
+    model = _lora_model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5  # make the draws matter
+    data = _dataset()
+
+    def scores(seed):
+        torch.manual_seed(seed)
+        return torch.tensor(EffortScorer(model, batch_size=4, train_mode=True)(data, keep_in_memory=True)["effort"])
+
+    first, again, other = scores(3), scores(3), scores(4)
+    eval_mode = torch.tensor(EffortScorer(model, batch_size=4)(data, keep_in_memory=True)["effort"])
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other) and not torch.allclose(first, eval_mode)
+    assert "train mode" in EffortScorer(model, train_mode=True).card_entry()["definition"]
+    with pytest.raises(ValueError, match="cannot be replayed as a CUDA graph"):
+        EffortScorer(model, train_mode=True, cuda_graph=True)
+
+
 def test_effort_restores_model_state():
     model = _lora_model()
     model.train()

@@ -551,3 +551,44 @@ def test_last_layer_and_all_parameter_selections():
     everything = select_parameters(model, "all")
     assert len(everything) == len(list(model.parameters())) and "bert.embeddings.word_embeddings.weight" in everything
     assert list(select_parameters(model, "classifier")) == ["classifier.weight", "classifier.bias"]  # a regex
+
+
+def test_train_mode_norms_equal_autograd_under_the_same_dropout_masks():
+    """train_mode=True keeps dropout on (the DEALRec authors' effort score): with the generator seeded alike, the
+    hooked norms equal per-example autograd gradients of one train-mode forward (the same masks), and differ from
+    the eval-mode norms."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from hf_influence.grads import PerExampleGradNorms
+    from hf_influence.grads.core import per_example_losses
+
+    torch.manual_seed(21)
+    base = LlamaForCausalLM(tiny_llama_config())
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM")).eval()
+    for name, param in model.named_parameters():  # non-zero B, so that both LoRA factors get gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    batch = make_batch(model.config.vocab_size, seed=21)
+    batch["labels"] = lm_labels(batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    torch.manual_seed(5)
+    ours = PerExampleGradNorms(model, train_mode=True, check_hooks=False)(batch, squared=True)
+    assert all(not m.training for m in model.modules())  # restored to eval
+
+    model.train()
+    torch.manual_seed(5)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    losses, _ = per_example_losses(logits, batch["labels"], "causal_lm")
+    reference = torch.stack([
+        sum(g.square().sum() for g in torch.autograd.grad(losses[i], params, retain_graph=True))
+        for i in range(len(losses))
+    ])
+    model.eval()
+    torch.testing.assert_close(ours, reference, rtol=RTOL, atol=0)
+    evaluated = PerExampleGradNorms(model, check_hooks=False)(batch, squared=True)
+    assert ((evaluated - ours).abs() / ours).max() > 1e-3
+    with pytest.raises(ValueError, match="train_mode=True draws dropout masks"):
+        PerExampleGradNorms(model, train_mode=True, cuda_graph=True)

@@ -260,10 +260,11 @@ class ScoringMode:
         self._params = list(model.parameters())
 
     @contextmanager
-    def __call__(self, freeze: bool = True) -> Iterator[None]:
-        training = [module for module in self._modules if module.training]
-        if training:
-            self.model.eval()
+    def __call__(self, freeze: bool = True, train: bool = False) -> Iterator[None]:
+        """Eval mode (or train mode with `train=True`: dropout active) and, with `freeze`, frozen parameters."""
+        switched = [module for module in self._modules if module.training != train]
+        for module in switched:
+            module.training = train
         frozen = [param for param in self._params if param.requires_grad] if freeze else []
         for param in frozen:
             param.requires_grad_(False)
@@ -272,8 +273,8 @@ class ScoringMode:
         finally:
             for param in frozen:
                 param.requires_grad_(True)
-            for module in training:
-                module.training = True
+            for module in switched:
+                module.training = not train
 
 
 def scoring_mode(model: nn.Module, freeze: bool = True) -> AbstractContextManager[None]:

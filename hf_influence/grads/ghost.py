@@ -634,6 +634,9 @@ class PerExampleGradNorms:
         check_hooks (`bool`, defaults to `True`): on the first batch, compare every hooked layer's norm for one
             example with autograd's (`check_hooks_against_autograd`; once per model and parameter selection, about
             the cost of two single-example steps) and raise if a weight is used outside its layer's forward.
+        train_mode (`bool`, defaults to `False`): run the model in train mode (dropout active, e.g. LoRA dropout:
+            the DEALRec authors' effort score) instead of eval mode; each call then draws fresh dropout masks from
+            torch's random generator (seed it for reproducible norms). Not with `cuda_graph`.
 
     Example:
         ```python
@@ -653,15 +656,26 @@ class PerExampleGradNorms:
         cuda_graph: bool = False,
         max_graphs: int = 8,
         check_hooks: bool = True,
+        train_mode: bool = False,
     ) -> None:
+        if train_mode and cuda_graph:
+            raise ValueError("train_mode=True draws dropout masks at every call, which a captured CUDA graph would "
+                             "replay unchanged; use cuda_graph=False.")
         self.model = model
         self.task = task
+        self.train_mode = train_mode
         self.fallback_chunk_size = fallback_chunk_size
         selected = select_parameters(model, params)
         self._engine = _HookEngine(model, selected, frozen=True)
         self._selection = frozenset(id(param) for param in selected.values())
         self._check_pending = check_hooks
         self._mode = ScoringMode(model)
+        if train_mode and self._engine.fallback:
+            raise ValueError(
+                f"train_mode=True cannot use the torch.func fallback of module type(s) "
+                f"{', '.join(self._engine.fallback_types)} (its per-example replays would draw other dropout masks). "
+                "Exclude their parameters with a params regex, or use train_mode=False."
+            )
         _log_fallback(self._engine.fallback_types)
         self._graphs = None
         if cuda_graph:
@@ -679,7 +693,7 @@ class PerExampleGradNorms:
         """`(squared norms, losses, valid, inputs, labels)` of one batch without graphs."""
         engine = self._engine
         engine.reset()
-        with self._mode(freeze=True):
+        with self._mode(freeze=True, train=self.train_mode):
             inputs, labels, losses, valid, resolved = run_frozen_backward(self.model, batch, engine, self.task)
             sq = engine.sq
             if sq is None:

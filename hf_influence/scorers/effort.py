@@ -120,6 +120,9 @@ class EffortScorer(Scorer):
             (`PerExampleGradNorms(cuda_graph=True)`); batches are then padded to a multiple of 64 tokens unless
             `pad_to_multiple_of` says otherwise.
         pad_to_multiple_of (`int`, *optional*): pad each batch to a multiple of this length.
+        train_mode (`bool`, defaults to `False`): score in train mode, LoRA dropout active, as the authors' code
+            (`model.train()`); each score is then one random draw (seed torch's generator to repeat it). Default:
+            eval mode (deterministic). Not with `cuda_graph`.
         **kwargs: `column`, `batch_size`, `device` (see `Scorer`).
 
     Example:
@@ -144,10 +147,14 @@ class EffortScorer(Scorer):
         labels_column: str = "labels",
         cuda_graph: bool = False,
         pad_to_multiple_of: int | None = None,
+        train_mode: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if train_mode and cuda_graph:
+            raise ValueError("train_mode=True (dropout on) cannot be replayed as a CUDA graph; use cuda_graph=False.")
         self.cuda_graph = cuda_graph
+        self.train_mode = train_mode
         self.pad_to_multiple_of = resolve_pad_multiple(pad_to_multiple_of, cuda_graph)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"EffortScorer needs a model object (torch.nn.Module), got {type(model).__name__}.")
@@ -169,8 +176,14 @@ class EffortScorer(Scorer):
     def config_dict(self) -> dict[str, Any]:
         config = super().config_dict()
         config.update(scope=self.scope, scope_pattern=self.scope_pattern, loss=self.loss,
-                      labels_column=self.labels_column)
+                      labels_column=self.labels_column, train_mode=self.train_mode)
         return config
+
+    def card_entry(self) -> dict[str, Any]:
+        entry = super().card_entry()
+        if self.train_mode:
+            entry["definition"] = self.definition.replace("eval mode", "train mode (LoRA dropout on, one random draw)")
+        return entry
 
     def checkpoint_fingerprint(self) -> str:
         # re-hashed on every call, as ModelOutputScorer does for in-memory models: a model trained further between
@@ -217,6 +230,6 @@ class EffortScorer(Scorer):
         grad_norms = getattr(self, "_grad_norms", None)
         if grad_norms is None or grad_norms.model is not self.model:
             grad_norms = self._grad_norms = PerExampleGradNorms(self.model, self.scope_pattern,
-                                                                cuda_graph=self.cuda_graph)
+                                                                cuda_graph=self.cuda_graph, train_mode=self.train_mode)
         norms = grad_norms(padded)
         return norms.detach().double().cpu().numpy()
