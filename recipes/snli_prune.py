@@ -210,10 +210,32 @@ class DataArguments:
         default=None, metadata={"help": "Use a random subset of this many validation pairs and as many test pairs."}
     )
     subset_seed: int = field(default=0, metadata={"help": "Seed of the --max_*_samples subsets."})
+    label_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "Corrupt this fraction of the training labels (after subsetting) to see how each selection treats "
+            "mislabeled pairs (Anand et al.'s noise experiment: 5-30%% nominal). results.csv then gives each kept "
+            "set's share of corrupted pairs (noisy_kept); the scored dataset keeps original_label and is_noisy."
+        },
+    )
+    label_noise_mode: str = field(
+        default="random",
+        metadata={"help": "'random' (the paper: a uniformly drawn label, possibly the original one) or 'permute' "
+                          "(Data Diet's code: the chosen labels shuffled among themselves)."},
+    )
+    label_noise_seed: int = field(default=0, metadata={"help": "Seed of the label corruption."})
 
     def __post_init__(self) -> None:
+        from hf_influence.noise import NOISE_MODES
+
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be at least 8, got {self.max_seq_length}.")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ValueError(f"--label_noise is the fraction of training labels to corrupt, in [0, 1); got "
+                             f"{self.label_noise}.")
+        if self.label_noise_mode not in NOISE_MODES:
+            raise ValueError(f"--label_noise_mode must be one of {', '.join(NOISE_MODES)}, got "
+                             f"{self.label_noise_mode!r}.")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -570,6 +592,12 @@ def prepare_splits(raw, data_args: DataArguments, num_labels: int):
         validate_class_labels(np.asarray(ds[label]), num_labels, label)
         limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
         splits[split] = subset(ds, limit, data_args.subset_seed)
+    if data_args.label_noise > 0:
+        from hf_influence.noise import inject_label_noise
+
+        splits["train"] = inject_label_noise(splits["train"], data_args.label_noise, data_args.label_noise_mode,
+                                             seed=data_args.label_noise_seed, label_column=label,
+                                             num_labels=num_labels)
     return splits
 
 
@@ -728,7 +756,7 @@ def accuracy_metrics(prediction) -> dict[str, float]:
 
 RESULT_COLUMNS = (
     "score", "strategy", "keep_fraction", "pruned_fraction", "num_train", "seed",
-    "eval_accuracy", "test_accuracy", "train_seconds", "label_counts",
+    "eval_accuracy", "test_accuracy", "train_seconds", "label_counts", "noisy_kept",
 )
 
 
@@ -747,6 +775,7 @@ def summarize(rows: list[dict[str, Any]]):
         eval_std=("eval_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0),
         test_mean=("test_accuracy", "mean"),
         test_std=("test_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0),
+        noisy_kept=("noisy_kept", "mean"),
     ).reset_index()
     random = summary[summary["score"] == "random"].set_index("keep_fraction")["test_mean"]
     summary["test_vs_random"] = [
@@ -758,18 +787,19 @@ def summarize(rows: list[dict[str, Any]]):
 
 
 def format_table(summary) -> str:
-    """A fixed-width text table of the summary (accuracies in %)."""
+    """A fixed-width text table of the summary (accuracies in %; with label noise, the kept sets' noisy share)."""
     if summary.empty:
         return "(no runs)"
+    noisy = "noisy_kept" in summary.columns and summary["noisy_kept"].notna().any()
     header = f"{'score':<12} {'strategy':<9} {'kept':>5} {'n_train':>8} {'runs':>4} {'val acc %':>14} " \
-             f"{'test acc %':>14} {'vs random':>9}"
+             f"{'test acc %':>14} {'vs random':>9}" + (f" {'noisy %':>7}" if noisy else "")
     lines = [header, "-" * len(header)]
     for row in summary.itertuples():
         gap = "" if np.isnan(row.test_vs_random) else f"{100 * row.test_vs_random:+.2f}"
         lines.append(
             f"{row.score:<12} {row.strategy:<9} {row.keep_fraction:>5.2f} {int(row.num_train):>8d} {row.runs:>4d} "
             f"{100 * row.eval_mean:>7.2f} ± {100 * row.eval_std:<4.2f} {100 * row.test_mean:>7.2f} ± "
-            f"{100 * row.test_std:<4.2f} {gap:>9}"
+            f"{100 * row.test_std:<4.2f} {gap:>9}" + (f" {100 * row.noisy_kept:>7.2f}" if noisy else "")
         )
     return "\n".join(lines)
 
@@ -1061,6 +1091,7 @@ def save_scored(scored, path: Path, entries, checkpoints, summary, stability, mo
     from hf_influence.hub import push_scored_dataset, save_scored_dataset
 
     keep = [data_args.premise_column, data_args.hypothesis_column, data_args.label_column, EXAMPLE_ID]
+    keep += [c for c in ("original_label", "is_noisy") if c in scored.column_names]  # --label_noise
     data = scored.select_columns(keep + [e["column"] for e in entries])
     card = {
         "scorers": entries,
@@ -1167,6 +1198,7 @@ def finetune(train, ctx: FinetuneContext, seed: int, run_name: str):
         "test_accuracy": float(test_accuracy),
         "train_seconds": train_seconds,
         "label_counts": json.dumps(np.bincount(labels, minlength=ctx.num_labels).tolist()),
+        "noisy_kept": float(np.mean(train["is_noisy"])) if "is_noisy" in train.column_names else float("nan"),
     }, trainer
 
 

@@ -265,6 +265,14 @@ def test_tracin_checkpoints_beyond_the_run_fail_before_training(tmp_path):
         _run_main(recipe, tmp_path, "--tracin_checkpoint_every", "0")
 
 
+def test_label_noise_options_are_checked(tmp_path):
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"--label_noise is the fraction of training labels to corrupt, in \[0, 1\)"):
+        _run_main(recipe, tmp_path, "--label_noise", "1.5")
+    with pytest.raises(ValueError, match="--label_noise_mode must be one of random, permute"):
+        _run_main(recipe, tmp_path, "--label_noise", "0.1", "--label_noise_mode", "shuffle")
+
+
 def test_summary_against_hand_computation():
     recipe = _recipe()
     rows = []
@@ -302,9 +310,10 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     out = tmp_path / "smoke"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        # TracIn on its own checkpoints every step (the paper's every-500-iterations protocol, scaled down)
+        # TracIn on its own checkpoints every step (the paper's every-500-iterations protocol, scaled down), and a
+        # quarter of the training labels corrupted (the paper's noise experiment)
         [sys.executable, str(RECIPE), "--config", str(SMOKE), "--output_dir", str(out), "--tracin_checkpoint_every",
-         "1"],
+         "1", "--label_noise", "0.25"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -352,6 +361,14 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     for score in scores:
         values = np.asarray(scored[score], dtype=np.float64)
         assert np.isfinite(values).any(), score
+    # label noise: floor(0.25 n) labels redrawn uniformly (some land on the original), recorded per row; every run
+    # reports its kept set's corrupted share, the full data's being the dataset's
+    noisy = np.asarray(scored["is_noisy"])
+    assert 0 < noisy.sum() <= math.floor(0.25 * n_train)
+    assert (noisy == (np.asarray(scored["label"]) != np.asarray(scored["original_label"]))).all()
+    assert ((frame["noisy_kept"] >= 0) & (frame["noisy_kept"] <= 1)).all()
+    assert np.allclose(frame.loc[frame["score"] == "full", "noisy_kept"], noisy.mean())
+    assert "noisy %" in proc.stdout
     card = (out / "scored_dataset" / "README.md").read_text()
     for score in scores:
         assert score in card
