@@ -274,6 +274,11 @@ class PruningArguments:
     el2n_epoch: int = field(
         default=2, metadata={"help": "EL2N/GraNd are computed at the end of this epoch (1-based; the paper used 2)."}
     )
+    grand_at_initialization: bool = field(
+        default=False,
+        metadata={"help": "GraNd at initialisation (Data Diet's GraNd at step 0: the pretrained encoder with each "
+                          "scoring seed's fresh head, averaged) instead of at the end of epoch --el2n_epoch."},
+    )
     pvi_epoch: int = field(
         default=2,
         metadata={"help": "PVI: the real-input model is taken at the end of this epoch of every scoring run and the "
@@ -895,12 +900,13 @@ class ScoringRun:
     null_input: dict[str, list[int]] | None = None
 
 
-def scoring_needs(scores: Sequence[str], tracin_own_checkpoints: bool = False) -> dict[str, bool]:
+def scoring_needs(scores: Sequence[str], tracin_own_checkpoints: bool = False,
+                  grand_at_initialization: bool = False) -> dict[str, bool]:
     """Which checkpoints and tables the scoring runs must leave (``tracin_own_checkpoints``: TracIn has its own, so it
-    does not need the evenly spaced trajectory)."""
+    does not need the evenly spaced trajectory; ``grand_at_initialization``: GraNd needs no trained checkpoint)."""
     sources = {SCORES[s].source for s in scores}
     return {
-        "early": bool({"el2n", "grand"} & set(scores)),
+        "early": "el2n" in scores or ("grand" in scores and not grand_at_initialization),
         "final": "loss" in scores,
         "trajectory": "trajectory" in sources,
         "evenly_spaced": any(SCORES[s].source == "trajectory" and not (s == "tracin" and tracin_own_checkpoints)
@@ -916,7 +922,8 @@ def run_scoring_training(seed: int, first: bool, train, *, model_path: str, conf
     """Fine-tune one scoring run with ScoringTrainer (signals recorded) and save the checkpoints the scorers need."""
     from hf_influence.trainer import ScoringTrainer
 
-    needs = scoring_needs(prune_args.scores, tracin_own_checkpoints=bool(prune_args.tracin_checkpoint_every))
+    needs = scoring_needs(prune_args.scores, tracin_own_checkpoints=bool(prune_args.tracin_checkpoint_every),
+                          grand_at_initialization=prune_args.grand_at_initialization)
     run_dir = output_dir / "scoring" / (run_name or f"seed_{seed}")
     epochs = prune_args.scoring_num_train_epochs or training_args.num_train_epochs
     args = dataclasses.replace(
@@ -988,12 +995,14 @@ def run_null_training(train, *, prune_args: PruningArguments, data_args: DataArg
 
 
 def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningArguments, data_args: DataArguments,
-                  config, null_run: ScoringRun | None = None):
+                  config, null_run: ScoringRun | None = None, model_path: str | None = None):
     """Add one float32 column per requested score to the tokenised training set (main process only).
 
     - ``el2n``/``grand``: EL2NScorer/GraNdScorer in eval mode at the end of epoch ``--el2n_epoch`` of EVERY scoring
       seed, the per-seed scores averaged (Paul et al.'s protocol, METHODS.md A.2; Anand et al. B.1 use epoch 2 and 10
       runs). The trainer's ``el2n_epoch_<k>`` (dropout on, weights moving within the epoch) is not used.
+      With ``--grand_at_initialization``, GraNd instead takes ``model_path``'s encoder with each scoring seed's fresh
+      head (step 0), averaged over the seeds.
     - ``loss``: LossScorer at the end of every scoring run, averaged over seeds.
     - ``forgetting``/``aum``/``confidence``/``variability``: the SignalStore summaries of the scoring runs, averaged
       over seeds (``SignalStore.combine``); forgetting counts the dense evaluations when ``--dense_eval_steps`` is set.
@@ -1030,7 +1039,14 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
     if "el2n" in scores:
         add(get_scorer("el2n", model=early, **common))
     if "grand" in scores:
-        add(get_scorer("grand", model=early, **common))
+        if prune_args.grand_at_initialization:
+            at_init = [load_model(model_path, config, tokenizer, seed, quiet=True)
+                       for seed in prune_args.scoring_seeds]
+            add(get_scorer("grand", model=at_init, **common))
+            entries[-1]["definition"] += ", at initialisation (the pretrained encoder, each scoring seed's fresh head)"
+            entries[-1]["config"]["initialization_seeds"] = list(prune_args.scoring_seeds)
+        else:
+            add(get_scorer("grand", model=early, **common))
     if "loss" in scores:
         add(get_scorer("loss", model=final, **common))
     summary = stability = None
@@ -1409,7 +1425,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         with timer.phase("scoring_scorers"):
             if is_main:
                 scored, entries, checkpoints, summary, stability = attach_scores(
-                    train, runs, tokenizer, prune_args, data_args, config, null_run)
+                    train, runs, tokenizer, prune_args, data_args, config, null_run, model_path=model_path)
                 scored.select_columns([EXAMPLE_ID, *[e["column"] for e in entries]]).to_parquet(
                     str(output_dir / "scores.parquet"))
             state.wait_for_everyone()

@@ -32,6 +32,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _no_barrier(desc=""):
+    """A stand-in for accelerate's main_process_first (one process)."""
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def _run_main(recipe, tmp_path, *extra):
     return recipe.main(["--config", str(SMOKE), "--output_dir", str(tmp_path / "out"), *extra])
 
@@ -271,6 +278,33 @@ def test_label_noise_options_are_checked(tmp_path):
         _run_main(recipe, tmp_path, "--label_noise", "1.5")
     with pytest.raises(ValueError, match="--label_noise_mode must be one of random, permute"):
         _run_main(recipe, tmp_path, "--label_noise", "0.1", "--label_noise_mode", "shuffle")
+
+
+@pytest.mark.slow
+def test_grand_at_initialization(tmp_path):
+    """--grand_at_initialization scores GraNd on the pretrained encoder with each scoring seed's fresh head (equal to
+    GraNdScorer on those very models), without any trained checkpoint, and the card says so."""
+    import torch
+    from datasets import load_dataset
+
+    from hf_influence.scorers import GraNdScorer
+
+    recipe = _recipe()
+    out = tmp_path / "init"
+    recipe.main(["--config", str(SMOKE), "--output_dir", str(out), "--scores", "grand", "--selections",
+                 "grand:hardest", "--grand_at_initialization", "true", "--include_random", "false"])
+    scored = load_dataset(str(out / "scored_dataset"))["train"]
+    assert not list((out / "scoring").glob("seed_*/checkpoint-*"))  # nothing trained was needed
+    provenance = json.loads((out / "scored_dataset" / "hf_influence.json").read_text())
+    (entry,) = [e for e in provenance["scores"] if e["column"] == "grand"]
+    assert "at initialisation" in entry["definition"] and entry["config"]["initialization_seeds"] == [0]
+    model_args, data_args, prune_args, _ = recipe.parse_args(["--config", str(SMOKE), "--output_dir", str(out)])
+    name, config = recipe.load_model_config(model_args)
+    tokenizer = recipe.load_tokenizer(model_args, name)
+    model = recipe.load_model(name, config, tokenizer, seed=0, quiet=True)
+    tokenized = recipe.tokenize_splits({"train": scored}, tokenizer, data_args, _no_barrier)["train"]
+    expected = GraNdScorer([model], tokenizer=tokenizer, column="reference")(tokenized)["reference"]
+    torch.testing.assert_close(torch.tensor(scored["grand"]), torch.tensor(expected), rtol=1e-5, atol=0)
 
 
 def test_summary_against_hand_computation():
