@@ -286,7 +286,7 @@ class SignalStore:
 
     # ------------------------------------------------------------------ summaries
     def summary(self, forgetting_source: str | None = None, *, burn_out: int | None = None,
-                variability_ddof: int = 0) -> pd.DataFrame:
+                variability_ddof: int = 0, accumulated_el2n_epochs: int | None = None) -> pd.DataFrame:
         """Per-example scores, indexed by `example_id`.
 
         Columns:
@@ -317,6 +317,9 @@ class SignalStore:
                 columns use every epoch.
             variability_ddof (`int`, defaults to 0): 0 = population standard deviation (the paper, `np.std`), 1 =
                 the bias-corrected sample standard deviation (an option of the cartography code).
+            accumulated_el2n_epochs (`int`, *optional*): also add `el2n_accumulated`, the sum of EL2N over every
+                training presentation of the first k epochs (the CCS code's EL2N, Zheng et al. 2023, k = 10; not Paul
+                et al.'s eval-mode average over runs).
 
         The options used are recorded in the frame's `attrs["cartography"]` (the dataset card shows them).
 
@@ -335,7 +338,7 @@ class SignalStore:
         if not len(records):
             raise ValueError(f"The store at {self.path!r} holds no presentations yet; nothing to summarise.")
         return summarize_records(records, dense if forgetting_source == "dense" else records, burn_out=burn_out,
-                                 variability_ddof=variability_ddof)
+                                 variability_ddof=variability_ddof, accumulated_el2n_epochs=accumulated_el2n_epochs)
 
     @staticmethod
     def combine(stores: Sequence[SignalStore], forgetting_source: str | None = None
@@ -421,16 +424,18 @@ def forgetting_events(frame: pd.DataFrame) -> pd.Series:
 
 
 def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | None = None, *,
-                      burn_out: int | None = None, variability_ddof: int = 0) -> pd.DataFrame:
+                      burn_out: int | None = None, variability_ddof: int = 0,
+                      accumulated_el2n_epochs: int | None = None) -> pd.DataFrame:
     """The per-example summary of [`SignalStore.summary`] from a records frame (see there for the columns and the
-    cartography options `burn_out` and `variability_ddof`).
+    options `burn_out`, `variability_ddof` and `accumulated_el2n_epochs`).
 
     Args:
         records (`pandas.DataFrame`): one row per presentation (`example_id, epoch, step` and the signals).
         forgetting_frame (`pandas.DataFrame` or `None`): rows to count forgetting events on (defaults to `records`).
     """
-    if burn_out is not None and (isinstance(burn_out, bool) or not isinstance(burn_out, int) or burn_out < 1):
-        raise ValueError(f"burn_out must be a positive number of epochs, got {burn_out!r}.")
+    for name, value in (("burn_out", burn_out), ("accumulated_el2n_epochs", accumulated_el2n_epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive number of epochs, got {value!r}.")
     if variability_ddof not in (0, 1):
         raise ValueError(f"variability_ddof must be 0 (population std, the paper) or 1 (bias-corrected), got "
                          f"{variability_ddof!r}.")
@@ -459,6 +464,9 @@ def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | No
     el2n = per_epoch["el2n"].unstack("epoch")
     for epoch in sorted(el2n.columns):
         summary[f"el2n_epoch_{int(epoch)}"] = el2n[epoch]
+    if accumulated_el2n_epochs is not None:
+        early = records[records["epoch"] < accumulated_el2n_epochs]
+        summary["el2n_accumulated"] = early.groupby("example_id")["el2n"].sum(min_count=1)
     if "grad_norm" in records.columns:
         summary["mean_grad_norm"] = by_example["grad_norm"].mean()
     summary.index.name = "example_id"

@@ -104,6 +104,19 @@ def test_cartography_burn_out_and_bias_corrected_variability(burn_out, ddof):
     assert "burn_out" not in entries["aum"]["definition"]
 
 
+def test_accumulated_el2n_sums_the_first_epochs_presentations():
+    """The CCS code's EL2N: a sum over training presentations of the first k epochs (hand sums over ROWS)."""
+    summary = SignalStore.from_records(_frame()).summary(accumulated_el2n_epochs=1)
+    for example in sorted({r[0] for r in ROWS}):
+        expected = sum(r[7] for r in ROWS if r[0] == example and r[1] < 1)
+        assert summary.loc[example, "el2n_accumulated"] == pytest.approx(expected, abs=1e-6)  # float32 store
+    both = SignalStore.from_records(_frame()).summary(accumulated_el2n_epochs=2)
+    assert both.loc[3, "el2n_accumulated"] == pytest.approx(0.7 + 0.3 + 0.6 + 0.5, abs=1e-6)
+    assert "el2n_accumulated" not in SignalStore.from_records(_frame()).summary().columns
+    with pytest.raises(ValueError, match="accumulated_el2n_epochs must be a positive number of epochs"):
+        SignalStore.from_records(_frame()).summary(accumulated_el2n_epochs=0)
+
+
 def test_cartography_option_errors():
     store = SignalStore.from_records(_frame())
     with pytest.raises(ValueError, match="burn_out must be a positive number of epochs"):

@@ -48,6 +48,11 @@ _COLUMN_INFO: dict[str, tuple[str, str, str]] = {
     "confidence": ("mean over epochs of p(y|x)", _CARTOGRAPHY, "higher_is_easier"),
     "variability": ("population std over epochs of p(y|x)", _CARTOGRAPHY, "higher_is_harder"),
     "correctness": ("fraction of epochs in which argmax = y", _CARTOGRAPHY, "higher_is_easier"),
+    "el2n_accumulated": (
+        "sum over the training presentations of the first epochs of ||softmax(f(x)) - onehot(y)||_2 (CCS code)",
+        "Zheng et al. Coverage-centric Coreset Selection for High Pruning Rates. ICLR 2023 (official code)",
+        "higher_is_harder",
+    ),
     "mean_loss": ("mean training cross-entropy over presentations", "Per-example training loss", "higher_is_harder"),
     "mean_grad_norm": (
         "mean over presentations of ||grad_w loss(x, y)||_2",
