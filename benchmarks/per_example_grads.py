@@ -196,10 +196,13 @@ def build_methods(name: str, args: argparse.Namespace) -> tuple[dict[str, Callab
         "collector": lambda: collector_step(model, batch, task),
     }
     if args.device.startswith("cuda"):
-        graph_norms = PerExampleGradNorms(model, task=task, cuda_graph=True)
-        graph_norms(batch)  # eager reference on the first batch, then capture on the second
-        graph_norms(batch)
-        methods["norms_graph"] = lambda: graph_norms(batch)
+        try:
+            graph_norms = PerExampleGradNorms(model, task=task, cuda_graph=True)
+            graph_norms(batch)  # eager reference on the first batch, then capture on the second
+            graph_norms(batch)
+            methods["norms_graph"] = lambda: graph_norms(batch)
+        except Exception as error:  # noqa: BLE001 - report and time the other methods anyway
+            print(f"norms_graph left out: {type(error).__name__}: {error} (see benchmarks/graph_diagnose.py)")
     if not args.skip_naive:
         methods["naive"] = lambda: naive_loop(model, batch, task)
     if not args.skip_vmap:
