@@ -13,11 +13,11 @@ from hf_influence.rec.dealrec import combine_dealrec_scores, select_dealrec, sur
 def test_combine_minmax_and_raw_by_hand():
     influence = [2.0, -1.0, 5.0, 1.0]  # min -1, max 5 -> [0.5, 0, 1, 1/3]
     effort = [10.0, 30.0, 20.0, 10.0]  # min 10, max 30 -> [0, 1, 0.5, 0]
-    got = combine_dealrec_scores(influence, effort, lam=0.3)
+    got = combine_dealrec_scores(influence, effort, lam=0.3, normalize="minmax")  # the authors' code
     np.testing.assert_allclose(got, [0.5, 0.3, 1.15, 1 / 3], rtol=1e-12)
-    raw = combine_dealrec_scores(influence, effort, lam=0.5, normalize="none")
+    raw = combine_dealrec_scores(influence, effort, lam=0.5)  # the paper's raw sum is the default
     np.testing.assert_allclose(raw, [7.0, 14.0, 15.0, 6.0])
-    constant = combine_dealrec_scores([3.0, 3.0], [1.0, 2.0], lam=1.0)  # a constant score scales to zeros
+    constant = combine_dealrec_scores([3.0, 3.0], [1.0, 2.0], lam=1.0, normalize="minmax")  # constant -> zeros
     np.testing.assert_allclose(constant, [0.0, 1.0])
 
 
@@ -67,7 +67,7 @@ def test_select_dealrec_budget_errors():
         select_dealrec(users, budget=31)
     with pytest.raises(ValueError, match="hard_prune"):
         select_dealrec(users, budget=28, hard_prune=0.1)
-    assert len(select_dealrec(users, budget=30, hard_prune=0.0, k=4)) == 30
+    assert len(select_dealrec(users, budget=30, k=4)) == 30  # the paper's default: no hard cut
     with pytest.raises(ValueError, match="InfluenceScorer and EffortScorer"):
         select_dealrec(users.remove_columns("effort"), budget=5)
 

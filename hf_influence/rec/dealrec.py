@@ -52,15 +52,16 @@ def _as_finite_array(values: Any, name: str) -> np.ndarray:
     return array
 
 
-def combine_dealrec_scores(influence: Any, effort: Any, lam: float, normalize: str = "minmax") -> np.ndarray:
+def combine_dealrec_scores(influence: Any, effort: Any, lam: float, normalize: str = "none") -> np.ndarray:
     """DEALRec's overall score ``I_s = influence + lambda * effort`` (Eq. 13), optionally after min-max normalisation.
 
     Args:
         influence (array-like): influence scores, one per user.
         effort (array-like): effort scores, one per user (same order).
         lam (`float`): lambda >= 0 (the paper searches {0.1, 0.3, 0.5, 1.0, 2.0}; see `DEALREC_LAMBDA`).
-        normalize (`str`, defaults to `"minmax"`): ``"minmax"`` (authors' code: each score to [0, 1] first) or
-            ``"none"`` (paper: raw sum).
+        normalize (`str`, defaults to `"none"`): ``"none"`` (the paper: the raw sum, so the score with the larger
+            spread dominates) or ``"minmax"`` (the authors' code: each score to [0, 1] first; the DEALRec recipe's
+            default).
 
     Returns:
         `np.ndarray`: float64 overall scores. Polarity as in the paper's selection: higher = harder (the code's
@@ -69,6 +70,8 @@ def combine_dealrec_scores(influence: Any, effort: Any, lam: float, normalize: s
     Example:
         ```python
         >>> combine_dealrec_scores([0.0, 2.0, 4.0], [10.0, 30.0, 20.0], lam=0.5).tolist()
+        [5.0, 17.0, 14.0]
+        >>> combine_dealrec_scores([0.0, 2.0, 4.0], [10.0, 30.0, 20.0], lam=0.5, normalize="minmax").tolist()
         [0.0, 1.0, 1.25]
         ```
     """
@@ -104,8 +107,8 @@ def select_dealrec(
     budget: int = 1024,
     lam: float = 0.5,
     k: int = 50,
-    hard_prune: float = 0.1,
-    normalize: str = "minmax",
+    hard_prune: float = 0.0,
+    normalize: str = "none",
     seed: int = 42,
     influence_column: str = "influence",
     effort_column: str = "effort",
@@ -119,9 +122,10 @@ def select_dealrec(
         budget (`int`, defaults to 1024): the few-shot size ``r |D|``.
         lam (`float`, defaults to 0.5): lambda (see `DEALREC_LAMBDA` for the tuned values).
         k (`int`, defaults to 50): number of equal-width score groups.
-        hard_prune (`float`, defaults to 0.1): fraction of the highest combined scores removed first (authors' code;
-            0.0 = the paper).
-        normalize (`str`, defaults to `"minmax"`): see `combine_dealrec_scores`.
+        hard_prune (`float`, defaults to 0.0): fraction of the highest combined scores removed first (0.0 = the
+            paper; the authors' code, and the DEALRec recipe's default, use 0.1).
+        normalize (`str`, defaults to `"none"`): see `combine_dealrec_scores` (the paper's raw sum; `"minmax"` =
+            the authors' code).
         seed (`int`, defaults to 42): seeds the random draws within groups.
         influence_column, effort_column (`str`): the score columns.
         column (`str`, defaults to `"dealrec"`): name of the combined-score column added to the output.
