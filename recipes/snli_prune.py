@@ -809,7 +809,30 @@ def format_table(summary) -> str:
     return "\n".join(lines)
 
 
-def write_results(output_dir: Path, rows: list[dict[str, Any]], summary, config: dict[str, Any]) -> None:
+#: Share of the hardest examples whose corruption is measured (the paper compares the top 5% with the mislabeled set).
+NOISE_TOP_FRACTION = 0.05
+
+
+def noise_in_hardest(scored, scores: Sequence[str], fraction: float = NOISE_TOP_FRACTION) -> dict[str, float]:
+    """With --label_noise: the share of corrupted pairs among each score's ``fraction`` hardest training pairs
+    (``"hardest"`` selection on the score's hardness, so ties break as the pruning does), and the dataset's own share
+    (``"dataset"``, what a random set has on average). Anand et al. report ~0.11 for VoG/TracIn/PVI, chance level."""
+    from hf_influence.selection import select_by_score
+
+    if "is_noisy" not in scored.column_names:
+        return {}
+    shares = {"dataset": float(np.mean(scored["is_noisy"]))}
+    for score in scores:
+        if score not in scored.column_names:
+            continue
+        column = score if SCORES[score].polarity == "higher_is_harder" else f"-{score}"
+        hardest = select_by_score(scored, column, fraction, "hardest")
+        shares[score] = float(np.mean(hardest["is_noisy"]))
+    return shares
+
+
+def write_results(output_dir: Path, rows: list[dict[str, Any]], summary, config: dict[str, Any],
+                  noise: dict[str, float] | None = None) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
@@ -820,6 +843,8 @@ def write_results(output_dir: Path, rows: list[dict[str, Any]], summary, config:
         "summary": json.loads(summary.to_json(orient="records")) if not summary.empty else [],
         "paper_reference_test_accuracy": PAPER_RESULTS,
     }
+    if noise:
+        payload["noise_in_hardest_5pct"] = noise
     (output_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
 
 
@@ -1456,7 +1481,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
                 "training": {k: v for k, v in training_args.to_dict().items() if not k.startswith("hub_token")},
                 "num_processes": state.num_processes, "device": str(state.device),
             }
-            write_results(output_dir, rows, summary, config_record)
+            noise = noise_in_hardest(scored, prune_args.scores)
+            write_results(output_dir, rows, summary, config_record, noise)
             write_plot(rows, output_dir / "accuracy_vs_fraction.png")
             if best.row is not None:
                 write_best_model_card(
@@ -1468,6 +1494,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         timing = timer.to_dict()
         (output_dir / "timing.json").write_text(json.dumps(timing, indent=2))
         print("\n" + format_table(summary))
+        if noise:
+            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in noise.items() if k != "dataset")
+            print(f"\nCorrupted pairs among each score's {100 * NOISE_TOP_FRACTION:g}% hardest (dataset: "
+                  f"{100 * noise['dataset']:.1f}%): {shares}")
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in timing["phases"].items())
         print(f"\nTotal {timing['total_seconds']:.0f}s ({phases}). Outputs in {output_dir}")
         print("Paper (BERT-small, full SNLI, test acc %): " + "; ".join(f"{k}: {v}" for k, v in PAPER_RESULTS.items()))

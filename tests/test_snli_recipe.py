@@ -403,6 +403,18 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     assert ((frame["noisy_kept"] >= 0) & (frame["noisy_kept"] <= 1)).all()
     assert np.allclose(frame.loc[frame["score"] == "full", "noisy_kept"], noisy.mean())
     assert "noisy %" in proc.stdout
+    # ... and each score's 5% hardest pairs: their corrupted share, recomputed here from the saved columns
+    shares = json.loads((out / "results.json").read_text())["noise_in_hardest_5pct"]
+    assert shares["dataset"] == pytest.approx(noisy.mean())
+    for score in scores:
+        hardness = np.asarray(scored[score], dtype=np.float64)
+        if recipe.SCORES[score].polarity != "higher_is_harder":
+            hardness = -hardness
+        rows = np.flatnonzero(~np.isnan(hardness))  # rows with a score
+        top = max(1, math.floor(0.05 * len(rows)))
+        hardest = rows[np.argsort(hardness[rows], kind="stable")[len(rows) - top:]]  # ties: the later rows, as pruning
+        assert shares[score] == pytest.approx(noisy[hardest].mean()), score
+    assert "Corrupted pairs among each score's 5% hardest" in proc.stdout
     card = (out / "scored_dataset" / "README.md").read_text()
     for score in scores:
         assert score in card
