@@ -147,3 +147,31 @@ def test_model_card_says_how_to_load(encoder_dir, tmp_path):
     script = code + "\nprint(type(model).__name__)\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip().endswith("MLPHeadForSequenceClassification")
+
+
+def test_scoring_trainer_records_exact_signals_and_grad_norms_through_the_head(encoder_dir, tmp_path):
+    """ScoringTrainer on the MLP-head model (lr 0, head dropout 0): every recorded loss and own-loss gradient norm
+    equals a single-example forward/backward of the same model."""
+    from conftest import random_classification_dataset
+    from test_trainer import PadCollator, make_args
+
+    from hf_influence import ScoringTrainer, add_example_ids
+
+    path, _ = encoder_dir
+    torch.manual_seed(6)
+    model = MLPHeadForSequenceClassification.from_encoder(path, num_labels=3, head_hidden_size=8, head_dropout=0.0)
+    for module in model.modules():  # dropout off everywhere: the training forward equals the reference forward
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    dataset = add_example_ids(random_classification_dataset(n=10))
+    trainer = ScoringTrainer(model=model, args=make_args(tmp_path, num_train_epochs=1, record_grad_norm=True),
+                             train_dataset=dataset, data_collator=PadCollator())
+    trainer.train()
+    records = trainer.signal_store.records().set_index("example_id")
+    params = [p for p in model.parameters() if p.requires_grad]
+    for row in dataset:
+        ids = torch.tensor([row["input_ids"]])
+        loss = F.cross_entropy(model(input_ids=ids).logits, torch.tensor([row["label"]]))
+        norm = torch.sqrt(sum(g.square().sum() for g in torch.autograd.grad(loss, params)))
+        assert records.loc[row["example_id"], "loss"] == pytest.approx(float(loss), rel=1e-5)
+        assert records.loc[row["example_id"], "grad_norm"] == pytest.approx(float(norm), rel=1e-4)
