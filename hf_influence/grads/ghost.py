@@ -375,6 +375,7 @@ class _HookEngine:
 
     def __init__(self, model: nn.Module, selected: Mapping[str, nn.Parameter], *, frozen: bool) -> None:
         self.model = model
+        self.selection = frozenset(id(param) for param in selected.values())
         self.layers, self.fallback, self.fallback_types = build_plan(model, selected)
         self.frozen = frozen
         self._handles: list[Any] = []
@@ -665,9 +666,7 @@ class PerExampleGradNorms:
         self.task = task
         self.train_mode = train_mode
         self.fallback_chunk_size = fallback_chunk_size
-        selected = select_parameters(model, params)
-        self._engine = _HookEngine(model, selected, frozen=True)
-        self._selection = frozenset(id(param) for param in selected.values())
+        self._engine = _HookEngine(model, select_parameters(model, params), frozen=True)
         self._check_pending = check_hooks
         self._mode = ScoringMode(model)
         if train_mode and self._engine.fallback:
@@ -688,13 +687,15 @@ class PerExampleGradNorms:
         return self._graphs is not None
 
     def _eager(
-        self, batch: Mapping[str, Any]
+        self, batch: Mapping[str, Any], **backward_kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor]:
-        """`(squared norms, losses, valid, inputs, labels)` of one batch without graphs."""
+        """`(squared norms, losses, valid, inputs, labels)` of one batch without graphs (`backward_kwargs` go to
+        `run_frozen_backward`; the CUDA-graph step runs this very code on its static buffers)."""
         engine = self._engine
         engine.reset()
         with self._mode(freeze=True, train=self.train_mode):
-            inputs, labels, losses, valid, resolved = run_frozen_backward(self.model, batch, engine, self.task)
+            inputs, labels, losses, valid, resolved = run_frozen_backward(self.model, batch, engine, self.task,
+                                                                          **backward_kwargs)
             sq = engine.sq
             if sq is None:
                 sq = torch.zeros(labels.shape[0], dtype=torch.float32, device=losses.device)
@@ -706,12 +707,7 @@ class PerExampleGradNorms:
     def __call__(self, batch: Mapping[str, Any], *, squared: bool = False) -> torch.Tensor:
         """Float32 `[batch_size]` norms (squared with `squared=True`; NaN for a causal-LM example without labels)."""
         if self._check_pending:
-            checked = _CHECKED_SELECTIONS.setdefault(self.model, set())
-            if self._selection in checked or check_hooks_against_autograd(
-                self.model, self._engine, self._mode, batch, self.task
-            ):
-                checked.add(self._selection)
-                self._check_pending = False
+            self._check_pending = not _check_hooks_once(self.model, self._engine, self._mode, batch, self.task)
         if self._graphs is not None:
             sq, valid = self._graphs(batch)
         else:
@@ -832,6 +828,25 @@ def _tf32_matmuls() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
+def _check_hooks_once(
+    model: nn.Module, engine: _HookEngine, mode: ScoringMode, batch: Mapping[str, Any], task: str
+) -> bool:
+    """`check_hooks_against_autograd`, skipped when `model` already passed it with the same parameter selection
+    (`_CHECKED_SELECTIONS`). Returns whether the selection is now checked."""
+    checked = _CHECKED_SELECTIONS.setdefault(model, set())
+    if engine.selection in checked:
+        return True
+    if not check_hooks_against_autograd(model, engine, mode, batch, task):
+        return False
+    checked.add(engine.selection)
+    return True
+
+
+def _layer_params(layer: _Layer) -> list[nn.Parameter]:
+    """The selected parameters a hooked layer computes norms for (its weight and/or bias)."""
+    return [getattr(layer.module, attr) for attr, used in (("weight", layer.weight), ("bias", layer.bias)) if used]
+
+
 def check_hooks_against_autograd(
     model: nn.Module, engine: _HookEngine, mode: ScoringMode, batch: Mapping[str, Any], task: str = "auto"
 ) -> bool:
@@ -875,12 +890,7 @@ def check_hooks_against_autograd(
         partner = index.get(id(layer.tied)) if layer.tied is not None else None
         if partner is None or partner > i:
             groups.append([i] if partner is None else [i, partner])
-    params: dict[int, nn.Parameter] = {}
-    for layer in layers:
-        for attr, used in (("weight", layer.weight), ("bias", layer.bias)):
-            if used:
-                param = getattr(layer.module, attr)
-                params[id(param)] = param
+    params = {id(param): param for layer in layers for param in _layer_params(layer)}
     flags = [(param, param.requires_grad) for param in params.values()]
     try:
         with mode(freeze=False):
@@ -896,11 +906,9 @@ def check_hooks_against_autograd(
             param.requires_grad_(flag)
     sq = {pid: 0.0 if g is None else float(g.double().square().sum()) for pid, g in zip(params, grads)}
 
-    def group_params(group: list[int]) -> set[int]:
-        return {id(getattr(layers[i].module, attr)) for i in group
-                for attr, used in (("weight", layers[i].weight), ("bias", layers[i].bias)) if used}
-
-    expected = [sum(sq[pid] for pid in group_params(group)) for group in groups]
+    # a set per group: the weight of a tied embedding/head pair counts once
+    expected = [sum(sq[pid] for pid in {id(param) for i in group for param in _layer_params(layers[i])})
+                for group in groups]
     found = [sum(hooked[i] for i in group) for group in groups]
     # The two sides round differently: autograd's weight gradients in the compute dtype, the hooks' products in float32
     # from the same activations. Half precision (parameters or autocast) or TF32 matmuls on a GPU loosen the bound;
@@ -966,6 +974,7 @@ class GhostNormCollector:
         self.model = model
         self._selected = select_parameters(model, params)
         self._engine = _HookEngine(model, self._selected, frozen=False)
+        self._check_engine: _HookEngine | None = None
         if self._engine.fallback:
             raise ValueError(
                 f"GhostNormCollector has no rule for module type(s) {', '.join(self._engine.fallback_types)} "
@@ -983,14 +992,9 @@ class GhostNormCollector:
         Raises:
             ValueError: naming the layers whose weights are used outside their own forward.
         """
-        selection = frozenset(id(param) for param in self._selected.values())
-        checked = _CHECKED_SELECTIONS.setdefault(self.model, set())
-        if selection not in checked:
-            engine = _HookEngine(self.model, self._selected, frozen=True)
-            if not check_hooks_against_autograd(self.model, engine, ScoringMode(self.model), batch, task):
-                return False
-            checked.add(selection)
-        return True
+        if self._check_engine is None:  # a norms-only plan of the same selection, built on first use
+            self._check_engine = _HookEngine(self.model, self._selected, frozen=True)
+        return _check_hooks_once(self.model, self._check_engine, ScoringMode(self.model), batch, task)
 
     def __enter__(self) -> GhostNormCollector:
         self._engine.reset()

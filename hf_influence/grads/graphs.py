@@ -35,7 +35,6 @@ from transformers.utils import logging
 from ..signals import check_class_ids, check_token_ids
 from . import ghost
 from .core import LABEL_KEYS, prepare_batch, unwrap_model
-from .ghost import run_frozen_backward
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ghost import PerExampleGradNorms
@@ -73,17 +72,8 @@ class StaticNormsStep:
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One norms-only step on the static buffers: `(squared norms, losses, valid)`; no host sync."""
-        owner = self.owner
-        engine = owner._engine
-        engine.reset()
-        with owner._mode(freeze=True):
-            _, labels, losses, valid, _ = run_frozen_backward(
-                owner.model, {**self.static, **self.fixed}, engine, owner.task, check_labels=False,
-                causal_mask=self.causal,
-            )
-            sq = engine.sq
-            if sq is None:
-                sq = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
+        sq, losses, valid, _, _ = self.owner._eager({**self.static, **self.fixed}, check_labels=False,
+                                                    causal_mask=self.causal)
         return sq, losses, valid
 
     def _capture(self, pool: Any) -> None:
