@@ -94,6 +94,11 @@ class ScoreSpec:
     polarity: str
     description: str
 
+    @property
+    def hardness_column(self) -> str:
+        """The `select_by_score` column that is higher for harder examples (negated with `-` when higher = easier)."""
+        return self.name if self.polarity == "higher_is_harder" else f"-{self.name}"
+
 
 SCORES: dict[str, ScoreSpec] = {
     spec.name: spec
@@ -825,8 +830,7 @@ def noise_in_hardest(scored, scores: Sequence[str], fraction: float = NOISE_TOP_
     for score in scores:
         if score not in scored.column_names:
             continue
-        column = score if SCORES[score].polarity == "higher_is_harder" else f"-{score}"
-        hardest = select_by_score(scored, column, fraction, "hardest")
+        hardest = select_by_score(scored, SCORES[score].hardness_column, fraction, "hardest")
         shares[score] = float(np.mean(hardest["is_noisy"]))
     return shares
 
@@ -1061,6 +1065,7 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
     early = [run.early_checkpoint for run in runs if run.early_checkpoint is not None]
     final = [run.final_checkpoint for run in runs if run.final_checkpoint is not None]
     trajectory = runs[0].trajectory if runs else []
+    tracin_own = runs[0].tracin_trajectory if runs else []  # TracIn's own checkpoints (--tracin_checkpoint_every)
     if "el2n" in scores:
         add(get_scorer("el2n", model=early, **common))
     if "grand" in scores:
@@ -1098,17 +1103,15 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
         params = prune_args.tracin_params
         if params == "last_layer":
             params = rf"\.layer\.{encoder_config(config).num_hidden_layers - 1}\."
-        add(get_scorer("tracin", model=runs[0].tracin_trajectory or trajectory, learning_rates=1.0,
+        add(get_scorer("tracin", model=tracin_own or trajectory, learning_rates=1.0,
                        params=None if params == "all" else params, **common))
     null = [null_run.final_checkpoint] if null_run is not None else []
+    pvi_real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
     if "pvi" in scores:
         empty = null_run.null_input
-        real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
-        add(get_scorer("pvi", model=real, null_model=null, null_input_ids=empty["input_ids"],
+        add(get_scorer("pvi", model=pvi_real, null_model=null, null_input_ids=empty["input_ids"],
                        null_token_type_ids=empty.get("token_type_ids"), **common))
     checkpoints: list[str] = []
-    pvi_real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
-    tracin_own = runs[0].tracin_trajectory if runs else []
     for path in [*early, *final, *trajectory, *tracin_own, *pvi_real, *null]:
         if str(path) not in checkpoints:
             checkpoints.append(str(path))
@@ -1292,10 +1295,10 @@ def run_grid(scored, ctx: FinetuneContext, prune_args: PruningArguments, timer: 
         for score, strategy in prune_args.selection_grid():
             for seed in prune_args.finetune_seeds:
                 with timer.phase("selection"):
-                    column = score if SCORES[score].polarity == "higher_is_harder" else f"-{score}"
                     kept, report = select_by_score(
-                        scored, column, fraction, strategy, class_balanced=prune_args.class_balanced,
-                        label_column=ctx.label_column, seed=seed, return_report=True,
+                        scored, SCORES[score].hardness_column, fraction, strategy,
+                        class_balanced=prune_args.class_balanced, label_column=ctx.label_column, seed=seed,
+                        return_report=True,
                         **prune_args.strategy_kwargs(strategy),
                     )
                 with timer.phase(f"finetune_{score}"):
