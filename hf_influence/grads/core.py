@@ -290,9 +290,9 @@ def collate_for_gradients(
     Labels are the class ids of `label_column` when that column exists (classification), else a padded `labels`
     column (causal LM, -100 on padding), else the input ids with padding masked (causal LM on plain text).
     """
-    from ..scorers.base import pad_batch
+    from ..scorers.base import TOKEN_COLUMNS, pad_batch
 
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in rows]
+    keys = [k for k in (*TOKEN_COLUMNS, "labels") if k in rows]
     batch = pad_batch({k: rows[k] for k in keys}, tokenizer=tokenizer, pad_token_id=pad_token_id)
     if label_column in rows and label_column != "labels":
         batch["labels"] = torch.as_tensor(rows[label_column], dtype=torch.long)

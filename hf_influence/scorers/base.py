@@ -265,7 +265,7 @@ def pad_batch(
     rows: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
     tokenizer: Any = None,
     pad_token_id: int = 0,
-    keys: Iterable[str] = ("input_ids", "attention_mask", "token_type_ids", "labels"),
+    keys: Iterable[str] = (*TOKEN_COLUMNS, "labels"),
     pad_to_multiple_of: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Dynamically pad token sequences of a batch to the batch's longest row (right padding).
