@@ -286,7 +286,8 @@ class SignalStore:
 
     # ------------------------------------------------------------------ summaries
     def summary(self, forgetting_source: str | None = None, *, burn_out: int | None = None,
-                variability_ddof: int = 0, accumulated_el2n_epochs: int | None = None) -> pd.DataFrame:
+                variability_ddof: int = 0, accumulated_el2n_epochs: int | None = None,
+                accumulated_margin_epochs: int | None = None) -> pd.DataFrame:
         """Per-example scores, indexed by `example_id`.
 
         Columns:
@@ -320,8 +321,15 @@ class SignalStore:
             accumulated_el2n_epochs (`int`, *optional*): also add `el2n_accumulated`, the sum of EL2N over every
                 training presentation of the first k epochs (the CCS code's EL2N, Zheng et al. 2023, k = 10; not Paul
                 et al.'s eval-mode average over runs).
+            accumulated_margin_epochs (`int`, *optional*): also add `prob_margin_accumulated`, the sum over every
+                training presentation of the first k epochs of the probability margin `p_y - max_{k!=y} p_k` (the
+                CCS code's "accumulated_margin", its default difficulty score; Zheng et al. 2023). Lower = harder.
+                It is exact from the stored signals: with `loss = -log p_y` and the logit margin `M`, the runner-up
+                probability is `p_y exp(-M)`, so the margin is `exp(-loss) - exp(-loss - M)`. Classification only:
+                a causal-LM store holds token means, from which a per-token probability margin cannot be recovered.
 
-        The options used are recorded in the frame's `attrs["cartography"]` (the dataset card shows them).
+        The options used are recorded in the frame's `attrs["cartography"]` and `attrs["accumulated_epochs"]` (the
+        dataset card shows them).
 
         Returns:
             `pandas.DataFrame` indexed by `example_id`.
@@ -337,8 +345,16 @@ class SignalStore:
                              "dense_eval_steps set, or use forgetting_source='presentations'.")
         if not len(records):
             raise ValueError(f"The store at {self.path!r} holds no presentations yet; nothing to summarise.")
+        task = self._metadata.get("config", {}).get("task")
+        if accumulated_margin_epochs is not None and task == "causal_lm":
+            raise ValueError(
+                "accumulated_margin_epochs needs per-prediction probabilities, but this store was recorded for a "
+                "causal LM, whose signals are means over each example's label tokens. Use aum (the mean logit "
+                "margin) or accumulated_el2n_epochs instead."
+            )
         return summarize_records(records, dense if forgetting_source == "dense" else records, burn_out=burn_out,
-                                 variability_ddof=variability_ddof, accumulated_el2n_epochs=accumulated_el2n_epochs)
+                                 variability_ddof=variability_ddof, accumulated_el2n_epochs=accumulated_el2n_epochs,
+                                 accumulated_margin_epochs=accumulated_margin_epochs)
 
     @staticmethod
     def combine(stores: Sequence[SignalStore], forgetting_source: str | None = None
@@ -425,15 +441,17 @@ def forgetting_events(frame: pd.DataFrame) -> pd.Series:
 
 def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | None = None, *,
                       burn_out: int | None = None, variability_ddof: int = 0,
-                      accumulated_el2n_epochs: int | None = None) -> pd.DataFrame:
+                      accumulated_el2n_epochs: int | None = None,
+                      accumulated_margin_epochs: int | None = None) -> pd.DataFrame:
     """The per-example summary of [`SignalStore.summary`] from a records frame (see there for the columns and the
-    options `burn_out`, `variability_ddof` and `accumulated_el2n_epochs`).
+    options `burn_out`, `variability_ddof`, `accumulated_el2n_epochs` and `accumulated_margin_epochs`).
 
     Args:
         records (`pandas.DataFrame`): one row per presentation (`example_id, epoch, step` and the signals).
         forgetting_frame (`pandas.DataFrame` or `None`): rows to count forgetting events on (defaults to `records`).
     """
-    for name, value in (("burn_out", burn_out), ("accumulated_el2n_epochs", accumulated_el2n_epochs)):
+    for name, value in (("burn_out", burn_out), ("accumulated_el2n_epochs", accumulated_el2n_epochs),
+                        ("accumulated_margin_epochs", accumulated_margin_epochs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive number of epochs, got {value!r}.")
     if variability_ddof not in (0, 1):
@@ -467,8 +485,18 @@ def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | No
     if accumulated_el2n_epochs is not None:
         early = records[records["epoch"] < accumulated_el2n_epochs]
         summary["el2n_accumulated"] = early.groupby("example_id")["el2n"].sum(min_count=1)
+    if accumulated_margin_epochs is not None:
+        early = records[records["epoch"] < accumulated_margin_epochs]
+        # p_y = exp(-loss); the runner-up's probability is p_y exp(-M) = exp(-loss - M), accurate when p_y underflows
+        prob_margin = np.exp(-early["loss"]) - np.exp(-(early["loss"] + early["margin"]))
+        summary["prob_margin_accumulated"] = prob_margin.groupby(early["example_id"]).sum(min_count=1)
     if "grad_norm" in records.columns:
         summary["mean_grad_norm"] = by_example["grad_norm"].mean()
     summary.index.name = "example_id"
     summary.attrs["cartography"] = {"burn_out": burn_out, "variability_ddof": variability_ddof}
+    summary.attrs["accumulated_epochs"] = {
+        column: epochs for column, epochs in (("el2n_accumulated", accumulated_el2n_epochs),
+                                              ("prob_margin_accumulated", accumulated_margin_epochs))
+        if epochs is not None
+    }
     return summary

@@ -835,8 +835,22 @@ def noise_in_hardest(scored, scores: Sequence[str], fraction: float = NOISE_TOP_
     return shares
 
 
+def input_norm_correlations(scored) -> dict[str, float]:
+    """With --grand_at_initialization: Spearman correlations of GraNd at init with the input-norm baseline
+    (``input_norm``, Kirsch 2023) and with the length in tokens. Close to 1 means the GraNd ranking is mostly input
+    norm / length, the reason Kirsch could not reproduce GraNd at initialisation (METHODS.md E.2)."""
+    if "grand" not in scored.column_names or "input_norm" not in scored.column_names:
+        return {}
+    import pandas as pd
+
+    frame = pd.DataFrame({"grand": scored["grand"], "input_norm": scored["input_norm"],
+                          "num_tokens": [len(ids) for ids in scored["input_ids"]]})
+    return {column: float(frame["grand"].corr(frame[column], method="spearman"))
+            for column in ("input_norm", "num_tokens")}
+
+
 def write_results(output_dir: Path, rows: list[dict[str, Any]], summary, config: dict[str, Any],
-                  noise: dict[str, float] | None = None) -> None:
+                  noise: dict[str, float] | None = None, grand_init: dict[str, float] | None = None) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
@@ -849,6 +863,8 @@ def write_results(output_dir: Path, rows: list[dict[str, Any]], summary, config:
     }
     if noise:
         payload["noise_in_hardest_5pct"] = noise
+    if grand_init:
+        payload["grand_at_initialization_spearman"] = grand_init
     (output_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
 
 
@@ -1075,6 +1091,8 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
             add(get_scorer("grand", model=at_init, **common))
             entries[-1]["definition"] += ", at initialisation (the pretrained encoder, each scoring seed's fresh head)"
             entries[-1]["config"]["initialization_seeds"] = list(prune_args.scoring_seeds)
+            # Kirsch's baseline: GraNd at init that merely follows the input norm (the seeds share the embeddings)
+            add(get_scorer("input_norm", model=at_init[0], **common))
         else:
             add(get_scorer("grand", model=early, **common))
     if "loss" in scores:
@@ -1485,7 +1503,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
                 "num_processes": state.num_processes, "device": str(state.device),
             }
             noise = noise_in_hardest(scored, prune_args.scores)
-            write_results(output_dir, rows, summary, config_record, noise)
+            grand_init = input_norm_correlations(scored)
+            write_results(output_dir, rows, summary, config_record, noise, grand_init)
             write_plot(rows, output_dir / "accuracy_vs_fraction.png")
             if best.row is not None:
                 write_best_model_card(
@@ -1501,6 +1520,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
             shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in noise.items() if k != "dataset")
             print(f"\nCorrupted pairs among each score's {100 * NOISE_TOP_FRACTION:g}% hardest (dataset: "
                   f"{100 * noise['dataset']:.1f}%): {shares}")
+        if grand_init:
+            print(f"\nGraNd at initialisation, Spearman with the input norm {grand_init['input_norm']:.2f} and with "
+                  f"the length {grand_init['num_tokens']:.2f} (Kirsch's baseline)")
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in timing["phases"].items())
         print(f"\nTotal {timing['total_seconds']:.0f}s ({phases}). Outputs in {output_dir}")
         print("Paper (BERT-small, full SNLI, test acc %): " + "; ".join(f"{k}: {v}" for k, v in PAPER_RESULTS.items()))

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from conftest import random_classification_dataset, tiny_bert_config
 from datasets import Dataset
 
-from hf_influence.scorers import EL2NScorer, EntropyScorer, LossScorer, PerplexityScorer, get_scorer, list_scorers
+from hf_influence.scorers import (
+    EL2NScorer,
+    EntropyScorer,
+    InputNormScorer,
+    LossScorer,
+    PerplexityScorer,
+    get_scorer,
+    list_scorers,
+)
 
 
 def _bert(seed: int):
@@ -63,6 +71,29 @@ def test_loss_and_entropy_naive_loop_with_unlabelled_rows():
             assert math.isnan(loss[i])
         else:
             assert loss[i] == pytest.approx(float(F.cross_entropy(logits[None], torch.tensor([y]))), rel=1e-4)
+
+
+def test_input_norm_matches_a_loop_over_the_embedding_rows():
+    """Kirsch's input-norm baseline: sqrt(sum_t ||E[t]||^2) (or the mean token norm) over each row's own tokens,
+    from the embedding matrix one row at a time, averaged over two checkpoints; padded batches of mixed lengths,
+    label-free."""
+    ds = random_classification_dataset(n=13, num_labels=3, seed=5)
+    ds = ds.remove_columns("label").add_column("label", [-1] + list(range(12)))  # -1 and out-of-range: not read
+    models = [_bert(0), _bert(1)]
+    weights = [m.get_input_embeddings().weight.detach().double() for m in models]
+    norm = InputNormScorer(models, batch_size=4)(ds)["input_norm"]
+    mean = InputNormScorer(models, batch_size=5, reduce="mean", column="mean_norm")(ds)["mean_norm"]
+    for i, ids in enumerate(ds["input_ids"]):
+        rows = [w[ids].norm(dim=1) for w in weights]
+        assert norm[i] == pytest.approx(np.mean([float(r.square().sum().sqrt()) for r in rows]), rel=1e-5)
+        assert mean[i] == pytest.approx(np.mean([float(r.mean()) for r in rows]), rel=1e-5)
+    lengths = np.array([len(ids) for ids in ds["input_ids"]])
+    assert np.corrcoef(norm, lengths)[0, 1] > np.corrcoef(mean, lengths)[0, 1]  # the flattened norm grows with T
+    entry = InputNormScorer(models[0], reduce="mean").card_entry()
+    assert entry["config"]["reduce"] == "mean" and "mean over real tokens" in entry["definition"]
+    assert "input_norm" in list_scorers()
+    with pytest.raises(ValueError, match="reduce='max'; choose one of"):
+        InputNormScorer(models[0], reduce="max")
 
 
 def test_perplexity_causal_lm_naive(tiny_llama_lm):

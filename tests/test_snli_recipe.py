@@ -305,6 +305,17 @@ def test_grand_at_initialization(tmp_path):
     tokenized = recipe.tokenize_splits({"train": scored}, tokenizer, data_args, _no_barrier)["train"]
     expected = GraNdScorer([model], tokenizer=tokenizer, column="reference")(tokenized)["reference"]
     torch.testing.assert_close(torch.tensor(scored["grand"]), torch.tensor(expected), rtol=1e-5, atol=0)
+    # Kirsch's input-norm baseline next to it, and its rank correlation with GraNd in results.json
+    from scipy.stats import spearmanr
+
+    from hf_influence.scorers import InputNormScorer
+
+    norms = InputNormScorer(model, column="reference")(tokenized)["reference"]
+    torch.testing.assert_close(torch.tensor(scored["input_norm"]), torch.tensor(norms), rtol=1e-5, atol=0)
+    correlations = json.loads((out / "results.json").read_text())["grand_at_initialization_spearman"]
+    assert correlations["input_norm"] == pytest.approx(spearmanr(expected, norms).statistic, abs=1e-3)
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    assert correlations["num_tokens"] == pytest.approx(spearmanr(expected, lengths).statistic, abs=1e-3)
 
 
 def test_summary_against_hand_computation():
@@ -450,3 +461,30 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
     assert "vs random" in proc.stdout
     for score, strategy in grid:
         assert any(line.split()[:2] == [score, strategy] for line in proc.stdout.splitlines())
+
+
+def test_grand_at_init_diagnostic_script(capsys):
+    """recipes/snli_grand_at_init.py on the smoke profile: its correlations are those of the scorers' own columns."""
+    import importlib.util
+
+    from scipy.stats import spearmanr
+
+    spec = importlib.util.spec_from_file_location("snli_grand_at_init", REPO / "recipes" / "snli_grand_at_init.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.main(["--config", str(SMOKE), "--batch_size", "8"])
+    assert result["num_pairs"] == 32 and result["seeds"] == [0]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["spearman_grand_input_norm"] == pytest.approx(result["spearman_grand_input_norm"], abs=1e-3)
+    assert result["spearman_input_norm_length"] > 0.5  # the flattened norm grows with the length
+    recipe = _recipe()
+    model_args, data_args, _, _ = recipe.parse_args(["--config", str(SMOKE), "--output_dir", "unused"])
+    name, config = recipe.load_model_config(model_args)
+    tokenizer = recipe.load_tokenizer(model_args, name)
+    splits = recipe.prepare_splits(recipe.load_raw_splits(data_args), data_args, model_args.num_labels)
+    train = recipe.tokenize_splits({"train": splits["train"]}, tokenizer, data_args, _no_barrier)["train"]
+    from hf_influence.scorers import GraNdScorer
+
+    grand = GraNdScorer(recipe.load_model(name, config, tokenizer, 0, quiet=True), tokenizer=tokenizer)(train)["grand"]
+    lengths = [len(ids) for ids in train["input_ids"]]
+    assert result["spearman_grand_length"] == pytest.approx(spearmanr(grand, lengths).statistic, abs=1e-3)

@@ -117,6 +117,45 @@ def test_accumulated_el2n_sums_the_first_epochs_presentations():
         SignalStore.from_records(_frame()).summary(accumulated_el2n_epochs=0)
 
 
+def test_accumulated_probability_margin_matches_softmax_of_the_logits():
+    """The CCS code's accumulated_margin, sum of p_y - max_{k!=y} p_k, recovered from the stored loss and logit margin
+    equals the same sum from a softmax of the logits (including a confidently wrong presentation whose p_y underflows
+    float32, where the margin is about -1)."""
+    import torch
+
+    from hf_influence.scorers import DynamicsScorer
+    from hf_influence.signals import token_signals
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 5, generator=generator, dtype=torch.float64) * 3
+    labels = torch.randint(0, 5, (12,), generator=generator)
+    logits[7] = 0.0
+    logits[7, (labels[7] + 1) % 5] = 150.0  # p_y = e^-150: 0 in float32
+    signals = token_signals(logits.float(), labels)
+    frame = pd.DataFrame({"example_id": np.arange(12) % 4, "epoch": np.arange(12) // 4 % 2, "step": np.arange(12),
+                          **{name: values.numpy() for name, values in signals.items()}})
+    assert frame.loc[7, "prob_gold"] == 0.0
+    probs = logits.softmax(-1)
+    gold = probs.gather(1, labels[:, None]).squeeze(1)
+    runner_up = probs.scatter(1, labels[:, None], -1.0).max(dim=1).values
+    direct = (gold - runner_up).numpy()
+    for epochs in (1, 2):
+        summary = SignalStore.from_records(frame).summary(accumulated_margin_epochs=epochs)
+        for example in range(4):
+            rows = (frame["example_id"] == example) & (frame["epoch"] < epochs)
+            assert summary.loc[example, "prob_margin_accumulated"] == pytest.approx(direct[rows].sum(), abs=1e-5)
+        assert summary.attrs["accumulated_epochs"] == {"prob_margin_accumulated": epochs}
+    assert direct[7] == pytest.approx(-1.0)
+    entry = DynamicsScorer(summary, ["prob_margin_accumulated"]).card_entries()[0]
+    assert "first 2 epoch(s)" in entry["definition"] and entry["polarity"] == "higher_is_easier"
+    assert "prob_margin_accumulated" not in SignalStore.from_records(frame).summary().columns
+    with pytest.raises(ValueError, match="accumulated_margin_epochs must be a positive number of epochs"):
+        SignalStore.from_records(frame).summary(accumulated_margin_epochs=0)
+    causal = SignalStore.from_records(frame, metadata={"config": {"task": "causal_lm"}})
+    with pytest.raises(ValueError, match="causal LM"):
+        causal.summary(accumulated_margin_epochs=1)
+
+
 def test_cartography_option_errors():
     store = SignalStore.from_records(_frame())
     with pytest.raises(ValueError, match="burn_out must be a positive number of epochs"):

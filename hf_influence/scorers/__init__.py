@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "LossScorer": "model_outputs",
     "EntropyScorer": "model_outputs",
     "PerplexityScorer": "model_outputs",
+    "InputNormScorer": "model_outputs",
     "DynamicsScorer": "dynamics",
     "PVIScorer": "pvi",
     "make_null_input_dataset": "pvi",

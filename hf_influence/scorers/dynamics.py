@@ -33,6 +33,7 @@ from .base import Scorer, register_scorer
 logger = logging.get_logger(__name__)
 
 _CARTOGRAPHY = "Swayamdipta et al. Dataset Cartography. EMNLP 2020, §2"
+_CCS_CODE = "Zheng et al. Coverage-centric Coreset Selection for High Pruning Rates. ICLR 2023 (official code)"
 _COLUMN_INFO: dict[str, tuple[str, str, str]] = {
     # column: (definition, paper, polarity)
     "forgetting": (
@@ -50,8 +51,14 @@ _COLUMN_INFO: dict[str, tuple[str, str, str]] = {
     "correctness": ("fraction of epochs in which argmax = y", _CARTOGRAPHY, "higher_is_easier"),
     "el2n_accumulated": (
         "sum over the training presentations of the first epochs of ||softmax(f(x)) - onehot(y)||_2 (CCS code)",
-        "Zheng et al. Coverage-centric Coreset Selection for High Pruning Rates. ICLR 2023 (official code)",
+        _CCS_CODE,
         "higher_is_harder",
+    ),
+    "prob_margin_accumulated": (
+        "sum over the training presentations of the first epochs of the probability margin p_y - max_{k != y} p_k "
+        "(the CCS code's accumulated_margin)",
+        _CCS_CODE,
+        "higher_is_easier",
     ),
     "mean_loss": ("mean training cross-entropy over presentations", "Per-example training loss", "higher_is_harder"),
     "mean_grad_norm": (
@@ -135,6 +142,7 @@ class DynamicsScorer(Scorer):
         self.prefix = prefix
         self.id_column = id_column
         self.cartography = dict(summary.attrs.get("cartography") or {})
+        self.accumulated_epochs = dict(summary.attrs.get("accumulated_epochs") or {})
         self.summary = summary[columns].astype("float64")
         self.output_columns = [prefix + c for c in columns]
         self.column = ",".join(self.output_columns)
@@ -163,6 +171,9 @@ class DynamicsScorer(Scorer):
                 definition = "bias-corrected sample std (ddof=1) over epochs of p(y|x)"
             if burn_out is not None and source in CARTOGRAPHY_COLUMNS:
                 definition += f", first {burn_out} epoch(s) only (burn_out)"
+            if source in self.accumulated_epochs:
+                definition = definition.replace("the first epochs", f"the first {self.accumulated_epochs[source]} "
+                                                                    "epoch(s)")
             entries.append(
                 {
                     "name": source,

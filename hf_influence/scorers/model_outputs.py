@@ -316,3 +316,68 @@ class PerplexityScorer(ModelOutputScorer):
 
     def transform(self, values: Any) -> Any:
         return values.exp()
+
+
+#: `InputNormScorer` reductions over an example's real tokens.
+INPUT_NORM_REDUCTIONS = ("norm", "mean")
+
+
+@register_scorer(name="input_norm")
+class InputNormScorer(ModelOutputScorer):
+    """Norm of an example's input embeddings: the baseline to check GraNd at initialisation against.
+
+    Kirsch ("Does 'Deep Learning on a Data Diet' reproduce? Overall yes, but GraNd at Initialization does not", TMLR
+    2023) could not reproduce GraNd at initialisation and found that it follows the input norm ||x||_2. For text the
+    input is the sequence of word embeddings e(t) = E[t] of the example's real tokens (those with attention mask 1;
+    `model.get_input_embeddings()`, before position embeddings and normalisation):
+
+    - `reduce="norm"` (default): sqrt(sum_t ||e(t)||_2^2), the L2 norm of the flattened input, Kirsch's ||x||_2. It
+      grows with the length.
+    - `reduce="mean"`: (1/T) sum_t ||e(t)||_2, the mean token-embedding norm, free of the length.
+
+    Label-free; averaged over checkpoints (the embeddings change with fine-tuning). Polarity: higher = harder, as
+    GraNd. A high rank correlation of `grand` with `input_norm` says the GraNd ranking is mostly input norm.
+
+    Args:
+        reduce (`str`, defaults to `"norm"`): one of `INPUT_NORM_REDUCTIONS`.
+        **kwargs: see `ModelOutputScorer`.
+    """
+
+    name = "input_norm"
+    polarity = "higher_is_harder"
+    definition = "sqrt(sum over real tokens t of ||E[t]||_2^2), the input word embeddings' norm, mean over checkpoints"
+    paper = ("Kirsch. Does 'Deep Learning on a Data Diet' reproduce? Overall yes, but GraNd at Initialization does "
+             "not. TMLR 2023 (input-norm baseline)")
+    signal = "input_norm"
+    needs_labels = False
+
+    def __init__(self, model: Any, *, reduce: str = "norm", **kwargs: Any) -> None:
+        if reduce not in INPUT_NORM_REDUCTIONS:
+            raise ValueError(f"reduce={reduce!r}; choose one of {INPUT_NORM_REDUCTIONS}.")
+        super().__init__(model, **kwargs)
+        self.reduce = reduce
+        if reduce == "mean":
+            self.definition = "mean over real tokens t of ||E[t]||_2 (input word embeddings), mean over checkpoints"
+
+    def config_dict(self) -> dict[str, Any]:
+        config = super().config_dict()
+        config.update(reduce=self.reduce)
+        return config
+
+    def signals_for(self, model: Any, inputs: dict[str, Any], labels: Any) -> dict[str, Any]:
+        import torch
+
+        embeddings = model.get_input_embeddings()
+        if embeddings is None:
+            raise ValueError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None); "
+                             "InputNormScorer needs a token-embedding model.")
+        input_ids = inputs["input_ids"].to(self.device)
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask.to(self.device)
+        with torch.no_grad():
+            token_norms = torch.linalg.vector_norm(embeddings(input_ids).double(), dim=-1) * mask
+        if self.reduce == "norm":
+            values = token_norms.square().sum(dim=1).sqrt()
+        else:
+            values = token_norms.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+        return {"input_norm": values}
