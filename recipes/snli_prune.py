@@ -1552,6 +1552,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            import gc
+
+            gc.collect()  # free the trainers' DDP wrappers (reference cycles), which hold the group and its work
             dist.destroy_process_group()  # a rank that exits with the gloo group still up can abort at exit
 
 

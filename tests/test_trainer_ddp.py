@@ -5,6 +5,7 @@ and per-example gradient norms."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,15 +56,32 @@ SCRIPT = textwrap.dedent(
         trainer.signal_store.records().to_csv(sys.argv[1] + "/records.csv", index=False)
         trainer.signal_store.dense_records().to_csv(sys.argv[1] + "/dense.csv", index=False)
     if torch.distributed.is_initialized():  # tear down gloo before exit (an abrupt exit can abort a rank)
+        import gc
+
+        del trainer, model  # DDP's reducer holds the group and its last work objects: release them while Python lives
+        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     '''
 )
 
 
-def _run(command, tmp_path):
+#: What a gloo rank prints when a C++ worker thread is torn down at interpreter exit, after the script has finished
+#: (seen about once in 30 launches on 2 CPU cores, torch 2.13; upstream: pytorch/pytorch#190489, #179291).
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _run(command, tmp_path, retry_teardown_abort_of: Path | None = None):
+    """Run `command`. With `retry_teardown_abort_of` (the run's output folder), a run whose failure is the upstream
+    teardown abort after training had finished is launched once more on an emptied folder; any other failure, or the
+    same one twice, fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    output = result.stdout + result.stderr
+    if (retry_teardown_abort_of is not None and result.returncode != 0 and TEARDOWN_ABORT in output
+            and "train_runtime" in output):
+        shutil.rmtree(retry_teardown_abort_of, ignore_errors=True)
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -92,7 +110,7 @@ def test_two_processes_record_each_example_once_per_epoch(tmp_path, launcher, si
     else:  # `accelerate launch` with the recipes' 2-process CPU config (torchrun launcher, gloo on CPU)
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
                    "--main_process_port", str(port)]
-    _run([*command, str(script), str(tmp_path / "ddp")], tmp_path)
+    _run([*command, str(script), str(tmp_path / "ddp")], tmp_path, retry_teardown_abort_of=tmp_path / "ddp")
     from hf_influence.store import SignalStore
 
     assert SignalStore.load(tmp_path / "ddp" / "signals").metadata["config"]["world_size"] == 2
