@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "projected_gradients": "hf_influence.grads",
     "write_projected_gradients": "hf_influence.grads",
     "load_projected_gradients": "hf_influence.grads",
+    "gradient_similarity": "hf_influence.grads",
+    "top_influential": "hf_influence.grads",
     "hvp": "hf_influence.grads.hvp",
     "lissa_inverse_hvp": "hf_influence.grads.hvp",
     "conjugate_gradient_inverse_hvp": "hf_influence.grads.hvp",
@@ -53,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "Scorer": "hf_influence.scorers",
     "InfluenceScorer": "hf_influence.scorers.influence",
     "EffortScorer": "hf_influence.scorers.effort",
+    "GradientSimilarityScorer": "hf_influence.scorers.similarity",
     # sequential recommendation (DEALRec)
     "combine_dealrec_scores": "hf_influence.rec.dealrec",
     "select_dealrec": "hf_influence.rec.dealrec",

@@ -560,6 +560,7 @@ BUILTIN_SCORER_MODULES: tuple[str, ...] = (
     "vog",
     "influence",
     "effort",
+    "similarity",
 )
 
 

@@ -1,0 +1,105 @@
+"""Gradient similarity to a target set as a score column: TracIn train-to-test influence or LESS's cosine."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from transformers.utils import logging
+
+from ..data import EXAMPLE_ID_COLUMN
+from .base import Scorer, register_scorer
+
+logger = logging.get_logger(__name__)
+
+
+@register_scorer(name="gradient_similarity")
+class GradientSimilarityScorer(Scorer):
+    """Each training example's gradient similarity to a query (target) set, joined onto the dataset by example id.
+
+    `score_i = reduce_j sum_c eta_c sim(g_i^c, q_j^c)` over projected per-example gradients (see
+    `hf_influence.grads.similarity`): the dot product is TracIn's influence of training example `i` on query `j`
+    summed over checkpoints (Pruthi et al., NeurIPS 2020, TracInCP); `normalize=True` takes the cosine, as LESS does
+    to select instruction data for a target task (Xia et al., ICML 2024). Polarity: higher = more aligned with the
+    target set (keep the highest with `select_by_score(..., strategy="easiest")`).
+
+    Args:
+        train_features (path or list of paths): the training set's folder(s) from `write_projected_gradients`, one
+            per checkpoint (the dataset you score must carry the same `example_id`s).
+        query_features (path or list of paths): the target set's folder(s), one per checkpoint, same projector.
+        weights (`float` or list, *optional*): `eta_c` per checkpoint (default 1).
+        normalize (`bool`, defaults to `False`): cosine instead of the dot product.
+        reduce (`str`, defaults to `"mean"`): `"mean"` or `"max"` over the queries.
+        id_column (`str`, defaults to `"example_id"`): the dataset's id column.
+        **kwargs: `column`, `batch_size` (see `Scorer`).
+
+    Example:
+        ```python
+        >>> write_projected_gradients(model, train, "feats/train", params=r"lora_")  # doctest: +SKIP
+        >>> write_projected_gradients(model, target, "feats/target", params=r"lora_")  # doctest: +SKIP
+        >>> train = GradientSimilarityScorer("feats/train", "feats/target", normalize=True)(train)  # doctest: +SKIP
+        ```
+    """
+
+    name = "gradient_similarity"
+    polarity = "higher_is_easier"
+    definition = "mean over query examples j of sum_c eta_c <g_i^c, q_j^c> (projected per-example gradients)"
+    paper = ("Pruthi et al. Estimating Training Data Influence by Tracing Gradient Descent. NeurIPS 2020 (TracInCP); "
+             "cosine form: Xia et al. LESS. ICML 2024")
+
+    def __init__(
+        self,
+        train_features: Any,
+        query_features: Any,
+        *,
+        weights: float | Sequence[float] | None = None,
+        normalize: bool = False,
+        reduce: str = "mean",
+        id_column: str = EXAMPLE_ID_COLUMN,
+        **kwargs: Any,
+    ) -> None:
+        from ..grads.similarity import gradient_similarity
+
+        super().__init__(**kwargs)
+        self.scores = gradient_similarity(train_features, query_features, weights=weights, normalize=normalize,
+                                          reduce=reduce)
+        self.similarity = dict(self.scores.attrs["gradient_similarity"])
+        self.id_column = id_column
+        self.definition = (f"{reduce} over query examples j of sum_c eta_c "
+                           f"{'cos(g_i^c, q_j^c)' if normalize else '<g_i^c, q_j^c>'} (projected per-example "
+                           "gradients)")
+        self._hash: str | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        config = super().config_dict()
+        config.update(id_column=self.id_column, **self.similarity)
+        return config
+
+    def checkpoint_fingerprint(self) -> str:
+        if self._hash is None:
+            hasher = hashlib.blake2b(digest_size=16)
+            hasher.update(self.scores.index.to_numpy().tobytes())
+            hasher.update(self.scores.to_numpy().tobytes())
+            self._hash = hasher.hexdigest()
+        return self._hash
+
+    def validate(self, dataset: Any) -> None:
+        super().validate(dataset)
+        if self.id_column not in dataset.column_names:
+            raise ValueError(
+                f"GradientSimilarityScorer joins on {self.id_column!r}, which is not in the dataset (columns: "
+                f"{dataset.column_names}). Add ids with add_example_ids before writing the features and scoring."
+            )
+        ids = np.asarray(dataset[self.id_column])
+        missing = int((~np.isin(ids, self.scores.index.to_numpy())).sum())
+        if missing == len(ids) and len(ids):
+            raise ValueError(f"None of the dataset's {len(ids)} example ids has training features; score the dataset "
+                             "whose features were written (same example ids).")
+        if missing:
+            logger.warning(f"GradientSimilarityScorer: {missing} of {len(ids)} example ids have no training features; "
+                           f"their {self.column!r} values are NaN.")
+
+    def score_batch(self, batch: dict[str, list]) -> np.ndarray:
+        return self.scores.reindex(batch[self.id_column]).to_numpy(dtype=np.float32)
