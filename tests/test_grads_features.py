@@ -169,3 +169,51 @@ def test_write_and_load_projected_gradients(tmp_path):
     )
     assert f16.dtype == np.float16 and meta16["dtype"] == "float16"
     np.testing.assert_allclose(f16.astype(np.float32), features, rtol=2e-3, atol=1e-4)
+
+
+def test_write_projected_gradients_resumes_after_a_crash(tmp_path, monkeypatch):
+    """A run killed after two batches continues with the third on the next call (the rows already flushed are not
+    recomputed) and ends bitwise equal to an uninterrupted run; a finished folder is not recomputed; other weights
+    or resume=False start over."""
+    import json
+
+    from hf_influence.data import add_example_ids
+    from hf_influence.grads import projection
+
+    model = bert()
+    dataset = add_example_ids(random_classification_dataset(n=22))
+    kwargs = {"params": "query|classifier", "k_in": 4, "k_out": 4, "batch_size": 4, "dtype": "float32"}
+    reference, _, _ = load_projected_gradients(write_projected_gradients(model, dataset, tmp_path / "ref", **kwargs))
+    original = projection.projected_gradients
+    calls = []
+
+    def crash_after_two(*args, **kw):
+        calls.append(args[1]["input_ids"].shape[0])
+        if len(calls) > 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kw)
+
+    monkeypatch.setattr(projection, "projected_gradients", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        write_projected_gradients(model, dataset, tmp_path / "run", **kwargs)
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert progress["rows_done"] == 8 and not (tmp_path / "run" / "meta.json").exists()
+    monkeypatch.setattr(projection, "projected_gradients",
+                        lambda *a, **kw: calls.append("resumed") or original(*a, **kw))
+    out = write_projected_gradients(model, dataset, tmp_path / "run", **kwargs)
+    assert calls.count("resumed") == 4  # rows 8..21 in batches of 4: 8-11, 12-15, 16-19, 20-21
+    features, ids, meta = load_projected_gradients(out)
+    assert np.array_equal(features, reference) and ids.tolist() == list(range(22))
+    assert not (out / "progress.json").exists() and meta["signature"]["num_rows"] == 22
+    calls.clear()
+    write_projected_gradients(model, dataset, out, **kwargs)  # finished and matching: nothing recomputed
+    assert calls == []
+    write_projected_gradients(model, dataset, out, resume=False, **kwargs)
+    assert calls.count("resumed") == 6
+    calls.clear()
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # other weights: the folder is rewritten, not reused
+    write_projected_gradients(model, dataset, out, **kwargs)
+    assert calls.count("resumed") == 6 and not np.array_equal(load_projected_gradients(out)[0], reference)
+    with pytest.raises(ValueError, match="empty dataset"):
+        write_projected_gradients(model, dataset.select([]), tmp_path / "empty", **kwargs)

@@ -149,6 +149,10 @@ def projected_gradients(
     return features.masked_fill(~valid.unsqueeze(1), float("nan"))
 
 
+#: Written after every batch while `write_projected_gradients` runs; removed when the folder is complete.
+PROGRESS_FILE = "progress.json"
+
+
 def write_projected_gradients(
     model: nn.Module,
     dataset: Any,
@@ -166,12 +170,19 @@ def write_projected_gradients(
     pad_token_id: int | None = None,
     label_column: str = "label",
     example_id_column: str = EXAMPLE_ID_COLUMN,
+    resume: bool = True,
 ) -> Path:
     """Write projected per-example gradients of a tokenized dataset to `path/features.npy` in chunks, with metadata.
 
     Files: `features.npy` (a `.npy` memmap `[N, feature_dim]` in `dtype`, written batch by batch so memory stays one
     batch), `example_ids.npy` (int64, the `example_id_column` or row positions when absent) and `meta.json`
-    (projector configuration, layer offsets, dtype, task, number of rows). Load with `load_projected_gradients`.
+    (projector configuration, layer offsets, dtype, task, number of rows, and the signature of the run). Load with
+    `load_projected_gradients`.
+
+    Nothing is lost on a crash: after every batch the rows written so far are flushed and counted in
+    `progress.json`. Called again on the same folder with the same model weights, dataset, projector, dtype, task
+    and label column, the call continues after the last flushed batch; if the folder is already complete, it returns
+    at once. Any difference in those starts the folder over.
 
     Args:
         model (`nn.Module`): the model (in any mode; it is put in eval mode with frozen parameters during the call).
@@ -185,29 +196,49 @@ def write_projected_gradients(
         dtype (`str`, defaults to `"float16"`): `"float16"` or `"float32"` storage.
         task (`str`, defaults to `"auto"`): as in `per_example_grad_norms`.
         tokenizer, pad_token_id: padding id source (else the model config's pad id, else 0).
+        resume (`bool`, defaults to `True`): continue (or skip) a matching interrupted (or finished) run in `path`;
+            `False` always starts over.
 
     Returns:
         `Path`: the output folder.
     """
     from tqdm.auto import tqdm
 
+    from ..scorers.base import dataset_fingerprint, model_fingerprint
+
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+    if len(dataset) == 0:
+        raise ValueError("Cannot write projected gradients of an empty dataset.")
     projector = projector or GradientProjector(model, params, k_in=k_in, k_out=k_out, seed=seed)
     out_dir = Path(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     num_rows = len(dataset)
-    features = np.lib.format.open_memmap(out_dir / "features.npy", mode="w+", dtype=dtype,
+    signature = {"projector": projector.config_dict(), "dtype": dtype, "task": task, "label_column": label_column,
+                 "num_rows": num_rows, "dataset_fingerprint": dataset_fingerprint(dataset),
+                 "model_fingerprint": model_fingerprint(model)}
+    signature = json.loads(json.dumps(signature))  # as it reads back from disk (tuples become lists)
+    start = _rows_already_written(out_dir, signature) if resume else 0
+    if start == num_rows:
+        logger.info(f"{out_dir} already holds these projected gradients; nothing to do (resume=False rewrites).")
+        return out_dir
+    (out_dir / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until the end
+    mode = "r+" if start else "w+"
+    features = np.lib.format.open_memmap(out_dir / "features.npy", mode=mode, dtype=dtype,
                                          shape=(num_rows, projector.feature_dim))
+    if start:
+        logger.info(f"Continuing the projected gradients in {out_dir} after row {start} of {num_rows}.")
     if pad_token_id is None and tokenizer is None:
         pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
-    for start in tqdm(range(0, num_rows, batch_size), desc="Projected gradients", unit="batch"):
-        rows = dataset[start : start + batch_size]
+    for begin in tqdm(range(start, num_rows, batch_size), desc="Projected gradients", unit="batch"):
+        rows = dataset[begin : begin + batch_size]
         batch = collate_for_gradients(rows, tokenizer=tokenizer, pad_token_id=pad_token_id or 0,
                                       label_column=label_column)
         values = projected_gradients(model, batch, projector, task=task)
-        features[start : start + values.shape[0]] = values.cpu().numpy().astype(dtype)
-    features.flush()
+        features[begin : begin + values.shape[0]] = values.cpu().numpy().astype(dtype)
+        features.flush()
+        _write_json(out_dir / PROGRESS_FILE, {**signature, "rows_done": begin + values.shape[0]})
+    del features
     if example_id_column in dataset.column_names:
         ids = np.asarray(list(dataset[example_id_column]), dtype=np.int64)
     else:
@@ -215,9 +246,35 @@ def write_projected_gradients(
     np.save(out_dir / "example_ids.npy", ids)
     meta = {"projector": projector.config_dict(), "dtype": dtype, "task": task, "num_rows": num_rows,
             "example_id_column": example_id_column if example_id_column in dataset.column_names else None,
-            "model_class": type(model).__name__}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+            "model_class": type(model).__name__, "signature": signature}
+    _write_json(out_dir / "meta.json", meta)
+    (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
     return out_dir
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (a crash leaves the old file or the new one, never half of one)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
+def _rows_already_written(folder: Path, signature: dict[str, Any]) -> int:
+    """Rows of `folder` that a run with `signature` can keep: all of them for a finished matching run, the flushed
+    ones for an interrupted matching run, else 0."""
+    if not (folder / "features.npy").is_file():
+        return 0
+    meta_file, progress_file = folder / "meta.json", folder / PROGRESS_FILE
+    if meta_file.is_file() and not progress_file.is_file():
+        finished = json.loads(meta_file.read_text()).get("signature")
+        return signature["num_rows"] if finished == signature else 0
+    if progress_file.is_file():
+        progress = json.loads(progress_file.read_text())
+        done = progress.pop("rows_done", 0)
+        if progress == signature:
+            return int(done)
+        logger.info(f"{folder} holds an interrupted run with other settings, model or data; starting over.")
+    return 0
 
 
 def load_projected_gradients(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
