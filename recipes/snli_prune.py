@@ -123,6 +123,9 @@ SCORES: dict[str, ScoreSpec] = {
                   "VoG over N_c checkpoints of one run, z-scored over the whole dataset"),
         ScoreSpec("tracin", "trajectory", "hardest", "higher_is_harder",
                   "TracIn self-influence summed over the N_c checkpoints of one run"),
+        ScoreSpec("grad_cosine", "trajectory", "easiest", "higher_is_easier",
+                  "mean (--similarity_reduce) gradient cosine with --target_samples held-out validation pairs, "
+                  "summed over the N_c checkpoints of one run (LESS-style targeted selection); keep the most similar"),
         ScoreSpec("pvi", "null", "hardest", "higher_is_easier",
                   "pointwise V-information (bits): log2 p(y|x) at the end of epoch --pvi_epoch of every scoring run "
                   "(mean over seeds) minus log2 p(y|empty pair) of a model fine-tuned --pvi_epoch epochs on empty "
@@ -322,6 +325,17 @@ class PruningArguments:
             "spaced checkpoints VoG uses."
         },
     )
+    target_samples: int = field(
+        default=64,
+        metadata={"help": "grad_cosine: the first N validation pairs are the target set whose gradients the training "
+                          "pairs are compared with; they are then left out of the validation accuracy."},
+    )
+    similarity_reduce: str = field(
+        default="mean", metadata={"help": "grad_cosine over the target pairs: 'mean' or 'max' (best-matching pair)."}
+    )
+    similarity_projection: int = field(
+        default=16, metadata={"help": "grad_cosine: k_in = k_out of the per-layer gradient projections."}
+    )
     scoring_batch_size: int = field(default=64, metadata={"help": "Batch size of the checkpoint-based scorers."})
     include_random: bool = field(default=True, metadata={"help": "Evaluate random selection at every fraction."})
     include_full: bool = field(default=True, metadata={"help": "Evaluate the full training set as reference."})
@@ -365,6 +379,11 @@ class PruningArguments:
             )
         if self.vog_reduce not in ("var", "std"):
             raise ValueError(f"--vog_reduce must be 'var' or 'std', got {self.vog_reduce!r}.")
+        if self.similarity_reduce not in ("mean", "max"):
+            raise ValueError(f"--similarity_reduce must be 'mean' or 'max', got {self.similarity_reduce!r}.")
+        if self.target_samples < 1 or self.similarity_projection < 1:
+            raise ValueError(f"--target_samples and --similarity_projection must be positive, got "
+                             f"{self.target_samples} and {self.similarity_projection}.")
         if self.scoring_batch_size < 1:
             raise ValueError(f"--scoring_batch_size must be positive, got {self.scoring_batch_size}.")
         if self.tracin_checkpoint_every is not None and self.tracin_checkpoint_every < 1:
@@ -1040,7 +1059,8 @@ def run_null_training(train, *, prune_args: PruningArguments, data_args: DataArg
 
 
 def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningArguments, data_args: DataArguments,
-                  config, null_run: ScoringRun | None = None, model_path: str | None = None):
+                  config, null_run: ScoringRun | None = None, model_path: str | None = None, target=None,
+                  features_dir: Path | None = None):
     """Add one float32 column per requested score to the tokenised training set (main process only).
 
     - ``el2n``/``grand``: EL2NScorer/GraNdScorer in eval mode at the end of epoch ``--el2n_epoch`` of EVERY scoring
@@ -1056,6 +1076,11 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
       (``normalization.add_normalized_column``); the raw ``vog`` column is kept too.
     - ``tracin``: TracInScorer self-influence over the same N_c checkpoints, constant eta = 1 and the gradients of the
       last encoder layer (``--tracin_params``), as Anand et al.
+    - ``grad_cosine``: GradientSimilarityScorer: projected per-example gradients (all trainable parameters,
+      ``--similarity_projection`` squared per layer) of every training pair and of the ``target`` pairs at each of the
+      N_c checkpoints of the first scoring run (written under ``features_dir``), cosine, summed over the checkpoints
+      with equal weights and reduced over the target pairs (``--similarity_reduce``): LESS-style targeted selection
+      (Xia et al. 2024) without its Adam preconditioning or LoRA warm-up.
     - ``pvi``: PVIScorer, log2 p(y|x) at the end of epoch ``--pvi_epoch`` of every scoring seed (averaged) minus
       log2 p(y|empty pair) of ``null_run``, the first seed's recipe trained ``--pvi_epoch`` epochs on empty pairs
       (Ethayarajh et al. 2022, Def. 3; Anand et al. train both for 2 epochs).
@@ -1123,6 +1148,8 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
             params = rf"\.layer\.{encoder_config(config).num_hidden_layers - 1}\."
         add(get_scorer("tracin", model=tracin_own or trajectory, learning_rates=1.0,
                        params=None if params == "all" else params, **common))
+    if "grad_cosine" in scores:
+        add(grad_cosine_scorer(train, target, trajectory, tokenizer, prune_args, data_args, features_dir))
     null = [null_run.final_checkpoint] if null_run is not None else []
     pvi_real = [run.pvi_checkpoint for run in runs if run.pvi_checkpoint is not None]
     if "pvi" in scores:
@@ -1134,6 +1161,28 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
         if str(path) not in checkpoints:
             checkpoints.append(str(path))
     return scored, entries, checkpoints, summary, stability
+
+
+def grad_cosine_scorer(train, target, trajectory: list[Path], tokenizer, prune_args: PruningArguments,
+                       data_args: DataArguments, features_dir: Path):
+    """The ``grad_cosine`` scorer: projected gradients of ``train`` and ``target`` at every trajectory checkpoint
+    (resumable folders ``features_dir/{train,target}_<c>``), compared by cosine."""
+    from hf_influence.grads import GradientProjector, write_projected_gradients
+    from hf_influence.scorers import get_scorer, load_checkpoint
+
+    if target is None or not len(target):
+        raise ValueError("grad_cosine needs target pairs (the first --target_samples validation pairs).")
+    size = prune_args.similarity_projection
+    folders: dict[str, list[Path]] = {"train": [], "target": []}
+    for index, checkpoint in enumerate(trajectory):
+        model = load_checkpoint(checkpoint, task="sequence_classification")
+        projector = GradientProjector(model, k_in=size, k_out=size, seed=0)
+        for name, data in (("train", train), ("target", target)):
+            folders[name].append(write_projected_gradients(
+                model, data, features_dir / f"{name}_{index}", projector=projector,
+                batch_size=prune_args.scoring_batch_size, tokenizer=tokenizer, label_column=data_args.label_column))
+    return get_scorer("gradient_similarity", train_features=folders["train"], query_features=folders["target"],
+                      normalize=True, reduce=prune_args.similarity_reduce, column="grad_cosine")
 
 
 def join_scores(train, scores):
@@ -1443,6 +1492,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         tokenizer = load_tokenizer(model_args, model_path)
         tokenized = tokenize_splits(splits, tokenizer, data_args, training_args.main_process_first)
     train = tokenized["train"]
+    target = None
+    if "grad_cosine" in prune_args.scores:  # the target set of grad_cosine is held out of the validation accuracy
+        validation = tokenized["validation"]
+        if prune_args.target_samples >= len(validation):
+            raise ValueError(f"--target_samples {prune_args.target_samples} leaves no validation pair to evaluate on "
+                             f"({len(validation)} in all); lower it.")
+        target = validation.select(range(prune_args.target_samples))
+        tokenized["validation"] = validation.select(range(prune_args.target_samples, len(validation)))
     collator = DataCollatorWithPadding(tokenizer)
     if is_main:
         sizes = ", ".join(f"{k}: {len(v)}" for k, v in tokenized.items())
@@ -1471,7 +1528,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, prune_args: Prunin
         with timer.phase("scoring_scorers"):
             if is_main:
                 scored, entries, checkpoints, summary, stability = attach_scores(
-                    train, runs, tokenizer, prune_args, data_args, config, null_run, model_path=model_path)
+                    train, runs, tokenizer, prune_args, data_args, config, null_run, model_path=model_path,
+                    target=target, features_dir=output_dir / "scoring" / "gradient_features")
                 scored.select_columns([EXAMPLE_ID, *[e["column"] for e in entries]]).to_parquet(
                     str(output_dir / "scores.parquet"))
             state.wait_for_everyone()

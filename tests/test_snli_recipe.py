@@ -463,6 +463,48 @@ def test_smoke_profile_end_to_end(tmp_path, minilm_path):
         assert any(line.split()[:2] == [score, strategy] for line in proc.stdout.splitlines())
 
 
+@pytest.mark.slow
+def test_grad_cosine_holds_out_its_target_pairs(tmp_path):
+    """--scores grad_cosine: the first --target_samples validation pairs are the target; the column is the mean over
+    them of the gradient cosine summed over the trajectory checkpoints (numpy on the written features), and the
+    kept pairs are the most similar ones."""
+    import numpy as np
+    from datasets import load_dataset
+
+    from hf_influence.grads import load_projected_gradients
+
+    recipe = _recipe()
+    out = tmp_path / "cosine"
+    recipe.main(["--config", str(SMOKE), "--output_dir", str(out), "--scores", "grad_cosine", "--selections",
+                 "grad_cosine:easiest", "--target_samples", "6", "--similarity_projection", "4",
+                 "--include_random", "false", "--include_full", "false"])
+    scored = load_dataset(str(out / "scored_dataset"))["train"]
+    features = out / "scoring" / "gradient_features"
+    train_dirs, target_dirs = sorted(features.glob("train_*")), sorted(features.glob("target_*"))
+    assert len(train_dirs) == len(target_dirs) == 3  # --num_score_checkpoints 3 in the smoke profile
+    model_args, data_args, _, _ = recipe.parse_args(["--config", str(SMOKE), "--output_dir", str(out)])
+    splits = recipe.prepare_splits(recipe.load_raw_splits(data_args), data_args, model_args.num_labels)
+    target_ids = load_projected_gradients(target_dirs[0])[1]
+    assert target_ids.tolist() == splits["validation"]["example_id"][:6]
+    total = 0.0
+    for train_dir, target_dir in zip(train_dirs, target_dirs):
+        g, train_ids, _ = load_projected_gradients(train_dir)
+        q = load_projected_gradients(target_dir)[0].astype(np.float64)
+        g = g.astype(np.float64)
+        total = total + (g / np.linalg.norm(g, axis=1, keepdims=True)) @ (q / np.linalg.norm(q, axis=1,
+                                                                                             keepdims=True)).T
+    expected = dict(zip(train_ids.tolist(), total.mean(axis=1)))
+    np.testing.assert_allclose(scored["grad_cosine"], [expected[i] for i in scored["example_id"]], rtol=1e-4,
+                               atol=1e-6)
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["runs"]
+    kept = row["num_train"]
+    assert row["score"] == "grad_cosine" and row["strategy"] == "easiest" and kept == 16
+    with pytest.raises(ValueError, match="--target_samples 24 leaves no validation pair"):
+        recipe.main(["--config", str(SMOKE), "--output_dir", str(tmp_path / "bad"), "--scores", "grad_cosine",
+                     "--selections", "grad_cosine:easiest", "--target_samples", "24"])
+
+
 def test_grand_at_init_diagnostic_script(capsys):
     """recipes/snli_grand_at_init.py on the smoke profile: its correlations are those of the scorers' own columns."""
     import importlib.util
