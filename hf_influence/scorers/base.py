@@ -349,6 +349,19 @@ def _single_threaded_worker() -> None:
         torch.set_num_threads(1)
 
 
+def count_unknown_ids(dataset: Any, id_column: str, known_ids: Any, scorer: str, fix: str) -> tuple[int, int]:
+    """For scorers that join precomputed values by example id: `(ids of dataset without a value, all ids)`.
+
+    Raises:
+        ValueError: if `dataset` has no `id_column`, naming the scorer and `fix` (how to add the ids).
+    """
+    if id_column not in dataset.column_names:
+        raise ValueError(f"{scorer} joins on {id_column!r}, which is not in the dataset (columns: "
+                         f"{dataset.column_names}). {fix}")
+    ids = np.asarray(dataset[id_column])
+    return int((~np.isin(ids, np.asarray(known_ids))).sum()), len(ids)
+
+
 class Scorer:
     """Base class of every scorer: adds ONE float32 column to a dataset with `Dataset.map(batched=True)`.
 

@@ -28,7 +28,7 @@ from transformers.utils import logging
 
 from hf_influence.data import EXAMPLE_ID_COLUMN
 
-from .base import Scorer, register_scorer
+from .base import Scorer, count_unknown_ids, register_scorer
 
 logger = logging.get_logger(__name__)
 
@@ -190,16 +190,11 @@ class DynamicsScorer(Scorer):
 
     def validate(self, dataset: Any) -> None:
         super().validate(dataset)
-        if self.id_column not in dataset.column_names:
-            raise ValueError(
-                f"DynamicsScorer joins on {self.id_column!r}, which is not in the dataset (columns: "
-                f"{dataset.column_names}). Add ids with add_example_ids before training and scoring."
-            )
-        ids = np.asarray(dataset[self.id_column])
-        missing = int((~np.isin(ids, self.summary.index.to_numpy())).sum())
+        missing, total = count_unknown_ids(dataset, self.id_column, self.summary.index, "DynamicsScorer",
+                                           "Add ids with add_example_ids before training and scoring.")
         if missing:
             logger.warning(
-                f"DynamicsScorer: {missing} of {len(ids)} example ids have no training-dynamics summary; their "
+                f"DynamicsScorer: {missing} of {total} example ids have no training-dynamics summary; their "
                 f"{self.output_columns} values are NaN."
             )
         self.num_missing = missing

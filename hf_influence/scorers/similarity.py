@@ -10,7 +10,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..data import EXAMPLE_ID_COLUMN
-from .base import Scorer, register_scorer
+from .base import Scorer, count_unknown_ids, register_scorer
 
 logger = logging.get_logger(__name__)
 
@@ -87,18 +87,13 @@ class GradientSimilarityScorer(Scorer):
 
     def validate(self, dataset: Any) -> None:
         super().validate(dataset)
-        if self.id_column not in dataset.column_names:
-            raise ValueError(
-                f"GradientSimilarityScorer joins on {self.id_column!r}, which is not in the dataset (columns: "
-                f"{dataset.column_names}). Add ids with add_example_ids before writing the features and scoring."
-            )
-        ids = np.asarray(dataset[self.id_column])
-        missing = int((~np.isin(ids, self.scores.index.to_numpy())).sum())
-        if missing == len(ids) and len(ids):
-            raise ValueError(f"None of the dataset's {len(ids)} example ids has training features; score the dataset "
+        missing, total = count_unknown_ids(dataset, self.id_column, self.scores.index, "GradientSimilarityScorer",
+                                           "Add ids with add_example_ids before writing the features and scoring.")
+        if missing == total:
+            raise ValueError(f"None of the dataset's {total} example ids has training features; score the dataset "
                              "whose features were written (same example ids).")
         if missing:
-            logger.warning(f"GradientSimilarityScorer: {missing} of {len(ids)} example ids have no training features; "
+            logger.warning(f"GradientSimilarityScorer: {missing} of {total} example ids have no training features; "
                            f"their {self.column!r} values are NaN.")
 
     def score_batch(self, batch: dict[str, list]) -> np.ndarray:
