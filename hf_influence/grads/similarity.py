@@ -13,7 +13,8 @@ Given the features `g_i^c` of training example `i` and `q_j^c` of query example 
 
 `gradient_similarity` reduces `s_ij` over the queries (mean or max) to one score per training example;
 `top_influential` lists the `k` training examples with the largest `s_ij` for every query. Both read the training
-features in chunks of rows (the `.npy` memmaps are never loaded whole) and keep the query features in memory.
+features in chunks of rows (the `.npy` memmaps are never loaded whole), keep the query features on the compute device
+(a GPU when there is one) and multiply in float32 there.
 
 With random projections, `<P^T g, P^T q>` estimates `<g, q>` without bias; the error shrinks as the projected sizes
 grow (Johnson-Lindenstrauss; Choe et al. 2024 for the Kronecker-factored projection used here).
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from transformers.utils import logging
 
 from .projection import load_projected_gradients
@@ -59,7 +61,9 @@ def _same_rows(ids: list[np.ndarray], folders: list[Path], role: str) -> np.ndar
 class _Checkpoints:
     """The checkpoints' training memmaps and (in memory, float32) query features, checked against each other."""
 
-    def __init__(self, train: Any, query: Any, weights: float | Sequence[float] | None, normalize: bool) -> None:
+    def __init__(self, train: Any, query: Any, weights: float | Sequence[float] | None, normalize: bool,
+                 device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
         train_folders, query_folders = _folders(train, "training"), _folders(query, "query")
         if len(train_folders) != len(query_folders):
             raise ValueError(f"{len(train_folders)} training feature folder(s) but {len(query_folders)} query "
@@ -101,7 +105,9 @@ class _Checkpoints:
             logger.warning(f"{int((~usable).sum())} of {len(usable)} query examples have no usable gradient (NaN, or "
                            "zero under normalize=True) and are left out.")
         self.query_ids = query_ids[usable]
-        self.queries = [_unit_rows(q[usable]) if normalize else q[usable] for q in queries]
+        self.queries = [torch.from_numpy(q[usable]).to(self.device) for q in queries]
+        if normalize:
+            self.queries = [_unit_rows(q) for q in self.queries]
         self.weights, self.normalize = weights, normalize
         self.folders = train_folders
 
@@ -115,20 +121,20 @@ class _Checkpoints:
         num_rows = len(self.train_ids)
         for start in tqdm(range(0, num_rows, chunk_rows), desc="Gradient similarity", unit="chunk",
                           disable=num_rows <= chunk_rows):
-            total = np.zeros((min(chunk_rows, num_rows - start), len(self.query_ids)), dtype=np.float64)
+            total = torch.zeros(min(chunk_rows, num_rows - start), len(self.query_ids), device=self.device)
             for features, queries, weight in zip(self.train_features, self.queries, self.weights):
-                rows = np.asarray(features[start : start + chunk_rows], dtype=np.float32)
+                rows = torch.from_numpy(np.asarray(features[start : start + chunk_rows], dtype=np.float32))
+                rows = rows.to(self.device)
                 if self.normalize:
                     rows = _unit_rows(rows)
-                total += weight * (rows @ queries.T).astype(np.float64)
-            yield start, total
+                total += weight * (rows @ queries.T)
+            yield start, total.double().cpu().numpy()
 
 
-def _unit_rows(rows: np.ndarray) -> np.ndarray:
+def _unit_rows(rows: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm; zero rows become NaN (their cosine is undefined)."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, rows / norms, np.nan).astype(np.float32)
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    return torch.where(norms > 0, rows / norms, torch.nan)
 
 
 def gradient_similarity(
@@ -139,6 +145,7 @@ def gradient_similarity(
     normalize: bool = False,
     reduce: str = "mean",
     chunk_rows: int = 4096,
+    device: str | torch.device | None = None,
 ) -> pd.Series:
     """One score per training example: its gradient similarity to a query set, reduced over the queries.
 
@@ -155,6 +162,7 @@ def gradient_similarity(
         reduce (`str`, defaults to `"mean"`): `"mean"` over the queries (influence on the query set's mean loss)
             or `"max"` (the best-matching query).
         chunk_rows (`int`, defaults to 4096): training rows read at a time.
+        device (`str` or `torch.device`, *optional*): where to multiply (defaults to CUDA when available, else CPU).
 
     Returns:
         `pandas.Series` of float64 indexed by the training `example_id` (NaN for a training example without a usable
@@ -166,7 +174,7 @@ def gradient_similarity(
     """
     if reduce not in SIMILARITY_REDUCTIONS:
         raise ValueError(f"reduce={reduce!r}; choose one of {SIMILARITY_REDUCTIONS}.")
-    checkpoints = _Checkpoints(train, query, weights, normalize)
+    checkpoints = _Checkpoints(train, query, weights, normalize, device)
     scores = np.empty(len(checkpoints.train_ids), dtype=np.float64)
     for start, block in checkpoints.blocks(chunk_rows):
         with np.errstate(invalid="ignore"):
@@ -188,6 +196,7 @@ def top_influential(
     weights: float | Sequence[float] | None = None,
     normalize: bool = False,
     chunk_rows: int = 4096,
+    device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """For every query example, the `k` training examples with the largest similarity `sum_c eta_c sim(g_i, q_j)`
     (TracIn's proponents; with `normalize=True`, by cosine).
@@ -200,7 +209,7 @@ def top_influential(
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}.")
-    checkpoints = _Checkpoints(train, query, weights, normalize)
+    checkpoints = _Checkpoints(train, query, weights, normalize, device)
     num_queries = len(checkpoints.query_ids)
     best_scores = np.full((0, num_queries), -np.inf)
     best_rows = np.zeros((0, num_queries), dtype=np.int64)

@@ -33,7 +33,7 @@ class GradientSimilarityScorer(Scorer):
         normalize (`bool`, defaults to `False`): cosine instead of the dot product.
         reduce (`str`, defaults to `"mean"`): `"mean"` or `"max"` over the queries.
         id_column (`str`, defaults to `"example_id"`): the dataset's id column.
-        **kwargs: `column`, `batch_size` (see `Scorer`).
+        **kwargs: `column`, `batch_size`, `device` (where the similarities are computed, once, at construction).
 
     Example:
         ```python
@@ -64,7 +64,7 @@ class GradientSimilarityScorer(Scorer):
 
         super().__init__(**kwargs)
         self.scores = gradient_similarity(train_features, query_features, weights=weights, normalize=normalize,
-                                          reduce=reduce)
+                                          reduce=reduce, device=self._requested_device)
         self.similarity = dict(self.scores.attrs["gradient_similarity"])
         self.id_column = id_column
         self.definition = (f"{reduce} over query examples j of sum_c eta_c "
