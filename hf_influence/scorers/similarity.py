@@ -25,6 +25,10 @@ class GradientSimilarityScorer(Scorer):
     to select instruction data for a target task (Xia et al., ICML 2024). Polarity: higher = more aligned with the
     target set (keep the highest with `select_by_score(..., strategy="easiest")`).
 
+    For classification, a gradient's direction follows its gold label first, so against a target set of mixed labels
+    the mean cosine ranks whole classes before examples: select with `class_balanced=True` (measured on SNLI in
+    recipes/README.md: the plain top 55% held no "neutral" pair; class-balanced, it beat class-balanced random).
+
     Args:
         train_features (path or list of paths): the training set's folder(s) from `write_projected_gradients`, one
             per checkpoint (the dataset you score must carry the same `example_id`s).
