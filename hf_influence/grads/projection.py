@@ -59,8 +59,8 @@ class GradientProjector:
         layers, fallback, _ = build_plan(model, select_parameters(model, params))
         projected = [lay for lay in layers if lay.kind in ("linear", "conv1d") and lay.tied is None]
         skipped = [lay.name for lay in layers if lay not in projected] + list(fallback)
-        if skipped:
-            logger.warning(
+        if skipped:  # once per message: a run over several checkpoints of one architecture says it once
+            logger.warning_once(
                 f"Projected gradients cover Linear/Conv1D layers only; skipping {len(skipped)} selected "
                 f"parameter groups ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})."
             )
