@@ -158,6 +158,10 @@ def test_scorer_joins_by_example_id(feature_folders):
                                    weights=[1.0, 0.5])
     np.testing.assert_allclose(scored["gradient_similarity"], expected.loc[scored["example_id"]].to_numpy(),
                                rtol=1e-6)
+    from hf_influence import select_by_score
+
+    kept = select_by_score(scored, "gradient_similarity", 0.5, "hardest")  # as the docstring says: the most similar
+    assert sorted(kept["gradient_similarity"]) == sorted(scored["gradient_similarity"])[-len(kept):]
     entry = scorer.card_entry()
     assert "max over query examples" in entry["definition"] and "cos(" in entry["definition"]
     assert entry["config"]["weights"] == [1.0, 0.5] and entry["polarity"] == "higher_is_easier"

@@ -500,6 +500,10 @@ def test_grad_cosine_holds_out_its_target_pairs(tmp_path):
     (row,) = results["runs"]
     kept = row["num_train"]
     assert row["score"] == "grad_cosine" and row["strategy"] == "easiest" and kept == 16
+    from hf_influence.selection import select_by_score  # the grid's own call: the 16 most similar pairs are kept
+
+    chosen = select_by_score(scored, recipe.SCORES["grad_cosine"].hardness_column, 0.5, "easiest")
+    assert sorted(chosen["grad_cosine"]) == sorted(scored["grad_cosine"])[-16:]
     with pytest.raises(ValueError, match="--target_samples 24 leaves no validation pair"):
         recipe.main(["--config", str(SMOKE), "--output_dir", str(tmp_path / "bad"), "--scores", "grad_cosine",
                      "--selections", "grad_cosine:easiest", "--target_samples", "24"])

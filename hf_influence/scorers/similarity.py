@@ -23,7 +23,8 @@ class GradientSimilarityScorer(Scorer):
     `hf_influence.grads.similarity`): the dot product is TracIn's influence of training example `i` on query `j`
     summed over checkpoints (Pruthi et al., NeurIPS 2020, TracInCP); `normalize=True` takes the cosine, as LESS does
     to select instruction data for a target task (Xia et al., ICML 2024). Polarity: higher = more aligned with the
-    target set (keep the highest with `select_by_score(..., strategy="easiest")`).
+    target set. `select_by_score` reads columns as higher = harder, so keep the most similar with
+    `select_by_score(dataset, "gradient_similarity", keep, "hardest")` (it keeps the highest values).
 
     For classification, a gradient's direction follows its gold label first, so against a target set of mixed labels
     the mean cosine ranks whole classes before examples: select with `class_balanced=True` (measured on SNLI in
