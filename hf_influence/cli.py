@@ -9,6 +9,8 @@ Copy-paste examples::
     hf-influence list
     hf-influence score --dataset train.jsonl --scorer el2n --model runs/bert/checkpoint-200 --output_dir scored
     hf-influence score --dataset scored --scorer dynamics --signals_dir runs/bert/signals --output_dir scored2
+    hf-influence score --dataset scored2 --scorer gradient_similarity --output_dir scored3 \
+        --scorer_kwargs '{"train_features": "feats/train", "query_features": "feats/target", "normalize": true}'
     hf-influence select --dataset scored --column el2n --keep 0.5 --strategy hardest --class_balanced \\
         --output_dir pruned
     hf-influence card --dataset pruned --license mit --push_to_hub me/snli-el2n-50

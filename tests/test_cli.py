@@ -195,3 +195,23 @@ def test_score_dynamics_from_a_signal_store(tmp_path, jsonl, capsys):
     for column in ("confidence", "variability", "correctness"):
         assert f"| `{column}` | {column} |" in card
     assert "(plots/data_map.png)" in card and (out / "plots" / "data_map.png").stat().st_size > 10_000
+
+
+def test_score_gradient_similarity_from_feature_folders(tmp_path, jsonl, tiny_bert_classifier, capsys):
+    """`hf-influence score --scorer gradient_similarity` with the feature folders in --scorer_kwargs: the column
+    equals the library function's scores, joined by example id, and the card describes it."""
+    from hf_influence.grads import gradient_similarity, write_projected_gradients
+
+    train = datasets.load_dataset("json", data_files=str(jsonl), split="train")
+    kwargs = {"params": "classifier|query", "k_in": 4, "k_out": 4, "seed": 0, "batch_size": 8}
+    write_projected_gradients(tiny_bert_classifier, train, tmp_path / "feats_train", **kwargs)
+    write_projected_gradients(tiny_bert_classifier, train.select(range(5)), tmp_path / "feats_query", **kwargs)
+    out = tmp_path / "sim"
+    scorer_kwargs = json.dumps({"train_features": str(tmp_path / "feats_train"),
+                                "query_features": str(tmp_path / "feats_query"), "normalize": True})
+    assert main(["score", "--dataset", str(jsonl), "--scorer", "gradient_similarity", "--scorer_kwargs",
+                 scorer_kwargs, "--output_dir", str(out)]) == 0, capsys.readouterr().err
+    scored = datasets.load_from_disk(str(out))["train"]
+    expected = gradient_similarity(tmp_path / "feats_train", tmp_path / "feats_query", normalize=True)
+    np.testing.assert_allclose(scored["gradient_similarity"], expected.loc[scored["example_id"]], rtol=1e-5)
+    assert "cos(g_i^c, q_j^c)" in (out / "README.md").read_text()
