@@ -39,7 +39,8 @@ FORGETTING_SOURCES: tuple[str, ...] = ("dense", "presentations")
 _IDENTITY_KEYS: tuple[str, ...] = ("dataset_fingerprint", "num_examples", "model_class")
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file moved into place: a crash leaves the old file or the new one."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -192,7 +193,7 @@ class SignalStore:
             "files": self._files,
             "next_chunk": self._next_chunk,
         }
-        _atomic_write_bytes(os.path.join(self.path, METADATA_FILE),
+        atomic_write_bytes(os.path.join(self.path, METADATA_FILE),
                             json.dumps(content, indent=2, sort_keys=True, default=str).encode())
 
     def initialize(self) -> None:

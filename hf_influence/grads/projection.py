@@ -27,6 +27,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..data import EXAMPLE_ID_COLUMN
+from ..store import atomic_write_bytes
 from .core import ParamSpec, collate_for_gradients, scoring_mode, select_parameters
 from .ghost import _HookEngine, _Layer, build_plan, run_frozen_backward
 
@@ -254,9 +255,7 @@ def write_projected_gradients(
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (a crash leaves the old file or the new one, never half of one)."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
+    atomic_write_bytes(str(path), json.dumps(payload, indent=2).encode())
 
 
 def _rows_already_written(folder: Path, signature: dict[str, Any]) -> int:

@@ -39,6 +39,7 @@ logger = logging.get_logger(__name__)
 #: How `gradient_similarity` reduces the per-query similarities of a training example.
 SIMILARITY_REDUCTIONS = ("mean", "max")
 
+
 def _folders(paths: Any, role: str) -> list[Path]:
     folders = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     if not folders:
