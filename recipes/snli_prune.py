@@ -379,8 +379,11 @@ class PruningArguments:
             )
         if self.vog_reduce not in ("var", "std"):
             raise ValueError(f"--vog_reduce must be 'var' or 'std', got {self.vog_reduce!r}.")
-        if self.similarity_reduce not in ("mean", "max"):
-            raise ValueError(f"--similarity_reduce must be 'mean' or 'max', got {self.similarity_reduce!r}.")
+        from hf_influence.grads.similarity import SIMILARITY_REDUCTIONS
+
+        if self.similarity_reduce not in SIMILARITY_REDUCTIONS:
+            raise ValueError(f"--similarity_reduce must be one of {', '.join(SIMILARITY_REDUCTIONS)}, got "
+                             f"{self.similarity_reduce!r}.")
         if self.target_samples < 1 or self.similarity_projection < 1:
             raise ValueError(f"--target_samples and --similarity_projection must be positive, got "
                              f"{self.target_samples} and {self.similarity_projection}.")
@@ -1076,7 +1079,7 @@ def attach_scores(train, runs: list[ScoringRun], tokenizer, prune_args: PruningA
       (``normalization.add_normalized_column``); the raw ``vog`` column is kept too.
     - ``tracin``: TracInScorer self-influence over the same N_c checkpoints, constant eta = 1 and the gradients of the
       last encoder layer (``--tracin_params``), as Anand et al.
-    - ``grad_cosine``: GradientSimilarityScorer: projected per-example gradients (all trainable parameters,
+    - ``grad_cosine``: GradientSimilarityScorer: projected per-example gradients (every trainable Linear layer,
       ``--similarity_projection`` squared per layer) of every training pair and of the ``target`` pairs at each of the
       N_c checkpoints of the first scoring run (written under ``features_dir``), cosine, summed over the checkpoints
       with equal weights and reduced over the target pairs (``--similarity_reduce``): LESS-style targeted selection

@@ -65,6 +65,15 @@ def test_fraction_outside_unit_interval(tmp_path, fraction):
         _run_main(recipe, tmp_path, "--keep_fractions", "0.5", fraction)
 
 
+def test_grad_cosine_option_errors(tmp_path):
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"--similarity_reduce must be one of mean, max, got 'sum'"):
+        _run_main(recipe, tmp_path, "--similarity_reduce", "sum")
+    with pytest.raises(ValueError, match=r"--target_samples and --similarity_projection must be positive"):
+        _run_main(recipe, tmp_path, "--target_samples", "0")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_strategy_and_bad_selection(tmp_path):
     recipe = _recipe()
     with pytest.raises(ValueError, match=r"Unknown strategy 'toughest'.*valid: hardest, easiest, random"):
