@@ -44,6 +44,13 @@ _EXPORTS: dict[str, str] = {
     "dataset_zscore": "hf_influence.normalization",
     "select_by_score": "hf_influence.selection",
     "list_strategies": "hf_influence.selection",
+    "register_strategy": "hf_influence.selection",
+    "get_polarity": "hf_influence.polarity",
+    "set_polarity": "hf_influence.polarity",
+    # pruning experiments
+    "PruningExperiment": "hf_influence.experiments",
+    "ExperimentResult": "hf_influence.experiments",
+    "Selection": "hf_influence.experiments",
     "inject_label_noise": "hf_influence.noise",
     "SelectionReport": "hf_influence.selection",
     "add_normalized_column": "hf_influence.normalization",

@@ -101,8 +101,14 @@ class SelectArguments:
     """How to select (see `hf_influence.select_by_score`)."""
 
     keep: float = field(metadata={"help": "Fraction in (0, 1] of the scored rows, or a count when > 1."})
-    strategy: str = field(metadata={"help": "hardest, easiest, random, window, ccs, coverage or weighted."})
-    column: str | None = field(default=None, metadata={"help": "Score column (higher = harder; -col negates)."})
+    strategy: str = field(metadata={"help": "hardest, easiest, highest, lowest, random, window, ccs, coverage, "
+                                            "weighted, dealrec or a registered strategy."})
+    column: str | None = field(default=None, metadata={"help": "Score column (its polarity is read from the data)."})
+    polarity: str | None = field(
+        default=None,
+        metadata={"help": "higher_is_harder or higher_is_easier, for a column that records none (hard/easy "
+                          "strategies only)."},
+    )
     class_balanced: bool = field(default=False, metadata={"help": "Keep each class's share."})
     seed: int = field(default=0, metadata={"help": "Seed of the random parts of the strategy."})
     nan_policy: str = field(default="drop", metadata={"help": "Rows with a NaN score: drop or raise."})
@@ -311,6 +317,15 @@ def run_score(data: DataArguments, score: ScoreArguments, out: OutputArguments) 
     )
 
 
+def _recorded_polarity(dataset: Any, column: str | None, provenance: dict[str, Any]) -> str | None:
+    """The column's polarity from the provenance file when the data itself carries none (e.g. a CSV file)."""
+    from .polarity import get_polarity, polarities_from_provenance
+
+    if column is None or column not in dataset.column_names or get_polarity(dataset, column) is not None:
+        return None
+    return polarities_from_provenance(provenance).get(column)
+
+
 def run_select(data: DataArguments, select: SelectArguments, out: OutputArguments) -> Path:
     """``hf-influence select``: keep a subset with `select_by_score` and save it with the selection report."""
     from .selection import select_by_score
@@ -329,6 +344,7 @@ def run_select(data: DataArguments, select: SelectArguments, out: OutputArgument
         seed=select.seed,
         return_report=True,
         nan_policy=select.nan_policy,
+        polarity=select.polarity or _recorded_polarity(dataset, select.column, provenance),
         **_json_kwargs(select.strategy_kwargs, "--strategy_kwargs"),
     )
     logger.info(report.summary())
@@ -389,7 +405,7 @@ def run_list() -> str:
     lines = ["Scorers (name, polarity: definition):"]
     for name in list_scorers():
         klass = get_scorer_class(name)
-        lines.append(f"  {name:<12} {klass.polarity:<17} {klass.definition}")
+        lines.append(f"  {name:<12} {klass.polarity or 'none':<17} {klass.definition}")
     lines.append("Selection strategies (higher score = harder):")
     lines.append("  " + ", ".join(list_strategies()))
     return "\n".join(lines)

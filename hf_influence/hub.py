@@ -71,6 +71,22 @@ def _as_dataset_dict(dataset: Any, split: str | None) -> Any:
     raise TypeError(f"Expected a datasets.Dataset or DatasetDict, got {type(dataset).__name__}.")
 
 
+def _record_polarities(dataset_dict: Any, entries: Sequence[Mapping[str, Any]]) -> Any:
+    """Stamp each documented score column with its entry's polarity when the data does not carry one yet, so that
+    selection finds it again after loading (see `hf_influence.polarity`)."""
+    import datasets
+
+    from .polarity import get_polarity, set_polarity
+
+    out = {}
+    for name, split in dataset_dict.items():
+        missing = {e["column"]: e["polarity"] for e in entries
+                   if e["column"] in split.column_names and e.get("polarity") is not None
+                   and get_polarity(split, e["column"]) is None}
+        out[name] = set_polarity(split, missing) if missing else split
+    return datasets.DatasetDict(out)
+
+
 def _summary_frame(summary: Any) -> Any:
     if summary is None:
         return None
@@ -208,6 +224,7 @@ def save_scored_dataset(
     dataset_dict = _as_dataset_dict(dataset, split)
     entries = score_entries(scorers)
     check_score_columns(dataset_dict, entries)
+    dataset_dict = _record_polarities(dataset_dict, entries)
     summary_frame = _summary_frame(summary)
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty. Pass overwrite=True or choose another path.")
@@ -331,6 +348,7 @@ def push_scored_dataset(
     dataset_dict = _as_dataset_dict(dataset, split)
     entries = score_entries(scorers)
     check_score_columns(dataset_dict, entries)
+    dataset_dict = _record_polarities(dataset_dict, entries)
     summary_frame = _summary_frame(summary)
     provenance = build_provenance(
         dataset_dict,

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
+from .polarity import get_polarity, score_feature
+
 logger = logging.get_logger(__name__)
 
 
@@ -145,8 +147,6 @@ def add_normalized_column(
         [-1.0, 1.0, -1.0, 1.0]
         ```
     """
-    import datasets
-
     if by not in NORMALIZATIONS:
         raise ValueError(f"Unknown normalisation by={by!r}; valid values are {', '.join(NORMALIZATIONS)}.")
     if column not in dataset.column_names:
@@ -172,7 +172,8 @@ def add_normalized_column(
         normalized = minmax_scale(values)
     if output_column in dataset.column_names:
         dataset = dataset.remove_columns(output_column)
-    return dataset.add_column(output_column, normalized.astype(np.float32), feature=datasets.Value("float32"))
+    polarity = get_polarity(dataset, column)  # z-scores and min-max are increasing maps: the polarity carries over
+    return dataset.add_column(output_column, normalized.astype(np.float32), feature=score_feature(polarity))
 
 
 def dataset_zscore_column(dataset: Any, column: str, **kwargs: Any) -> Any:

@@ -1,16 +1,22 @@
 """Select a subset of a dataset from a score column: top-k, offset window, coverage strata, weighted sampling.
 
-Polarity convention: every strategy treats **higher values as harder**. `"hardest"` keeps the highest values,
-`"easiest"` the lowest, `"window"` skips the `offset` highest, CCS/coverage cut the highest first, and `"weighted"`
-keeps high values preferentially (`prefer="hard"`). For a score where higher = easier (AUM, PVI, confidence,
-`prob_gold`), either use the mirrored strategy (`"easiest"` to keep the hardest) or pass the column name prefixed with
-a minus sign (`column="-aum"`), which negates it.
+Polarity: every score column knows which way it points (`hf_influence.polarity`: scorers record
+`"higher_is_harder"` or `"higher_is_easier"` on the column they add, and it survives save/load). Strategies with a
+hard/easy reading use it: `"hardest"` keeps the hardest examples (the lowest AUM, the highest EL2N), `"easiest"` the
+easiest, `"window"` skips the `offset` hardest, CCS/coverage cut the hardest first and stratify on hardness, and
+`"weighted"` prefers hard ones (`prefer="hard"`). Scores with no hard/easy reading (gradient similarity to a target
+set) use `"highest"`/`"lowest"`, which keep the highest/lowest raw values and never look at polarity. A hard/easy
+strategy on a column with no known polarity is an error naming the fix (`polarity=` or `set_polarity`). New strategies
+are added with `register_strategy`.
 
 Strategies (see `list_strategies()`), with their sources (METHODS.md A.3, B.4, C.4, D):
+
+Below, "score" means the hardness (the column, negated when higher = easier).
 
 - `"hardest"`: keep the `keep` highest scores (Data Diet `keep_max_scores`; ties keep the later rows);
   `absolute=True` ranks by `|score|` (the code's `keep_max_abs_scores`).
 - `"easiest"`: keep the `keep` lowest scores (ties keep the earlier rows); `absolute=True`: `keep_min_abs_scores`.
+- `"highest"` / `"lowest"`: keep the `keep` highest / lowest raw values, whatever the polarity.
 - `"random"`: a uniform random subset (the score column is not needed; pass `column=None`).
 - `"window"`: Data Diet's offset window: sort ascending, skip the `offset` highest scores and keep the next `keep`
   (ranks `[N - offset - keep, N - offset)`). `offset` is an int count or a fraction of the candidates. Or give
@@ -20,8 +26,8 @@ Strategies (see `list_strategies()`), with their sources (METHODS.md A.3, B.4, C
   split the rest into `k` (default 50) equal-width strata over `[min, 1.0001 * max)` (left-closed; for `max <= 0`
   the upper end is `max + 0.0001 * |max|`, or the next float when `max == 0`), then visit strata from the smallest
   up, taking `min(|S_j|, floor(remaining budget / remaining strata))` uniformly at random from each. The official
-  code always makes the hard cut by the lowest AUM whatever the stratification score: pass `cut_column="-aum"` to
-  cut by another column than the one stratified (also accepted by `"coverage"`).
+  code always makes the hard cut by the lowest AUM whatever the stratification score: pass `cut_column="aum"` to
+  cut the hardest by another column than the one stratified (also accepted by `"coverage"`).
 - `"coverage"`: DEALRec's variant (Lin et al., SIGIR 2024, Alg. 2 and code `prune.py`): optionally drop the
   `floor(hard_prune * N)` highest scores (paper: none, the default `hard_prune=0.0`; official code: `0.1`), split the
   rest into `k` (default 50) equal-width groups over `[min, max]` where a score goes to the first group whose upper
@@ -29,6 +35,8 @@ Strategies (see `list_strategies()`), with their sources (METHODS.md A.3, B.4, C
   up with `min(|G|, floor(remaining budget / remaining non-empty groups))`, uniformly at random within a group. The
   paper's Alg. 2 (budget `floor(m/K)` recomputed after each group) gives the same counts, since empty groups are
   visited first and take nothing.
+- `"dealrec"`: DEALRec's selection (registered by `hf_influence.rec.dealrec`): the column is the influence score,
+  `effort_column` the effort, combined as `influence + lam * effort` and then selected by `"coverage"`.
 - `"weighted"`: weighted sampling without replacement (Anand et al., EMNLP 2023, App. C.3): `mapping="linear"` maps
   the scores linearly to `[eps, 1]` and normalises them to probabilities; `mapping="softmax"` uses
   `softmax(score / temperature)`. Draws are successive (numpy `Generator.choice(..., replace=False, p=p)`).
@@ -43,6 +51,7 @@ stratification and weighting.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,6 +59,8 @@ from typing import Any
 
 import numpy as np
 from transformers.utils import logging
+
+from .polarity import HIGHER_IS_HARDER, check_polarity, flip_polarity, get_polarity
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +78,7 @@ class SelectionReport:
         num_candidates (`int`): rows that could be selected. num_kept (`int`): rows selected.
         num_hard_pruned (`int`): rows removed by a hard cut (CCS `beta`, coverage `hard_prune`) before sampling.
         class_balanced (`bool`), label_column (`str` or None).
+        polarity (`str` or None): the polarity that oriented the scores (None for strategies on raw values).
         per_class_before / per_class_after (`dict[str, int]`): counts per label (candidates / kept), when the label
             column exists.
         strata (`list[dict]`): for `"ccs"`/`"coverage"`: one entry per stratum with `low`, `high`, `before`
@@ -86,6 +98,7 @@ class SelectionReport:
     num_hard_pruned: int = 0
     class_balanced: bool = False
     label_column: str | None = None
+    polarity: str | None = None
     per_class_before: dict[str, int] = field(default_factory=dict)
     per_class_after: dict[str, int] = field(default_factory=dict)
     strata: list[dict[str, Any]] = field(default_factory=list)
@@ -116,33 +129,40 @@ class SelectionReport:
 
 
 @dataclass
-class _Result:
+class StrategyResult:
+    """What a strategy function returns: the chosen positions into its `scores`, the rows a hard cut removed, and
+    one dict per stratum (`low`, `high`, `before`, `after`) for stratified strategies."""
+
     chosen: np.ndarray
     hard_pruned: int = 0
     strata: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _hardest(scores: np.ndarray, m: int, rng: np.random.Generator, *, absolute: bool = False, **_: Any) -> _Result:
+def _hardest(
+    scores: np.ndarray, m: int, rng: np.random.Generator, *, absolute: bool = False, **_: Any
+) -> StrategyResult:
     order = np.argsort(np.abs(scores) if absolute else scores, kind="stable")
-    return _Result(order[len(scores) - m :])
+    return StrategyResult(order[len(scores) - m :])
 
 
-def _easiest(scores: np.ndarray, m: int, rng: np.random.Generator, *, absolute: bool = False, **_: Any) -> _Result:
-    return _Result(np.argsort(np.abs(scores) if absolute else scores, kind="stable")[:m])
+def _easiest(
+    scores: np.ndarray, m: int, rng: np.random.Generator, *, absolute: bool = False, **_: Any
+) -> StrategyResult:
+    return StrategyResult(np.argsort(np.abs(scores) if absolute else scores, kind="stable")[:m])
 
 
-def _random(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> _Result:
-    return _Result(rng.choice(len(scores), size=m, replace=False))
+def _random(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> StrategyResult:
+    return StrategyResult(rng.choice(len(scores), size=m, replace=False))
 
 
-def _window(scores: np.ndarray, m: int, rng: np.random.Generator, *, offset: int = 0, **_: Any) -> _Result:
+def _window(scores: np.ndarray, m: int, rng: np.random.Generator, *, offset: int = 0, **_: Any) -> StrategyResult:
     n = len(scores)
     if offset + m > n:
         raise ValueError(
             f"window: offset ({offset}) + keep ({m}) exceeds the {n} candidate rows. Lower the offset or keep."
         )
     order = np.argsort(scores, kind="stable")
-    return _Result(order[n - offset - m : n - offset])
+    return StrategyResult(order[n - offset - m : n - offset])
 
 
 def _clip_infinite(scores: np.ndarray) -> np.ndarray:
@@ -177,7 +197,7 @@ def _fill_strata(groups: list[np.ndarray], m: int, rng: np.random.Generator) -> 
 
 def _strata_result(
     groups: list[np.ndarray], edges: np.ndarray, m: int, rng: np.random.Generator, cut: int
-) -> _Result:
+) -> StrategyResult:
     available = sum(len(g) for g in groups)
     if m > available:
         raise ValueError(
@@ -190,7 +210,7 @@ def _strata_result(
         for j in range(len(groups))
     ]
     chosen = np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
-    return _Result(chosen, hard_pruned=cut, strata=strata)
+    return StrategyResult(chosen, hard_pruned=cut, strata=strata)
 
 
 def _check_k(k: Any) -> int:
@@ -208,7 +228,7 @@ def _ccs(
     k: int = 50,
     cut_scores: np.ndarray | None = None,
     **_: Any,
-) -> _Result:
+) -> StrategyResult:
     k = _check_k(k)
     keep_pos, cut = _drop_highest(scores if cut_scores is None else cut_scores, beta, "beta")
     values = _clip_infinite(scores[keep_pos])
@@ -222,7 +242,7 @@ def _ccs(
     return _strata_result(groups, edges, m, rng, cut)
 
 
-def _coverage(
+def coverage_selection(
     scores: np.ndarray,
     m: int,
     rng: np.random.Generator,
@@ -231,7 +251,8 @@ def _coverage(
     hard_prune: float = 0.0,
     cut_scores: np.ndarray | None = None,
     **_: Any,
-) -> _Result:
+) -> StrategyResult:
+    """DEALRec's coverage sampling (the `"coverage"` strategy; see the module docstring) on hardness `scores`."""
     k = _check_k(k)
     keep_pos, cut = _drop_highest(scores if cut_scores is None else cut_scores, hard_prune, "hard_prune")
     values = _clip_infinite(scores[keep_pos])
@@ -268,7 +289,7 @@ def _weighted(
     temperature: float = 1.0,
     prefer: str = "hard",
     **_: Any,
-) -> _Result:
+) -> StrategyResult:
     probs = sampling_probabilities(scores, mapping=mapping, eps=eps, temperature=temperature, prefer=prefer)
     positive = int((probs > 0).sum())
     if positive < m:
@@ -276,7 +297,7 @@ def _weighted(
             f"weighted: only {positive} rows have a non-zero sampling probability, fewer than keep={m}. Use a higher "
             "temperature, mapping='linear', or a smaller keep."
         )
-    return _Result(rng.choice(len(scores), size=m, replace=False, p=probs))
+    return StrategyResult(rng.choice(len(scores), size=m, replace=False, p=probs))
 
 
 def sampling_probabilities(
@@ -317,29 +338,122 @@ def sampling_probabilities(
     return weights / weights.sum()
 
 
-_STRATEGIES: dict[str, tuple[Callable[..., _Result], tuple[str, ...], bool]] = {
-    # name: (function, accepted keyword arguments, needs a score column)
-    "hardest": (_hardest, ("absolute",), True),
-    "easiest": (_easiest, ("absolute",), True),
-    "random": (_random, (), False),
-    "window": (_window, ("offset", "start_rank"), True),
-    "ccs": (_ccs, ("beta", "k", "cut_column"), True),
-    "coverage": (_coverage, ("k", "hard_prune", "cut_column"), True),
-    "weighted": (_weighted, ("mapping", "eps", "temperature", "prefer"), True),
-}
+def _highest(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> StrategyResult:
+    return _hardest(scores, m, rng)
 
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hardest": {"absolute": False},
-    "easiest": {"absolute": False},
-    "window": {"offset": 0, "start_rank": None},
-    "ccs": {"beta": 0.0, "k": 50, "cut_column": None},
-    "coverage": {"k": 50, "hard_prune": 0.0, "cut_column": None},
-    "weighted": {"mapping": "linear", "eps": 1e-3, "temperature": 1.0, "prefer": "hard"},
-}
+
+def _lowest(scores: np.ndarray, m: int, rng: np.random.Generator, **_: Any) -> StrategyResult:
+    return _easiest(scores, m, rng)
+
+
+@dataclass(frozen=True)
+class SelectionStrategy:
+    """A registered selection strategy.
+
+    Attributes:
+        name (`str`): the name `select_by_score` takes.
+        function (`Callable`): `function(scores, m, rng, **options) -> StrategyResult`, where `scores` are the
+            candidates' values (float64, NaN rows removed; oriented as hardness, higher = harder, when
+            `uses_polarity`), `m` the number to keep and `rng` a seeded numpy `Generator`. It returns the chosen
+            positions into `scores` (`StrategyResult.chosen`), and optionally how many rows a hard cut removed and a
+            description of strata.
+        defaults (`dict`): every option the strategy accepts, with its default.
+        needs_column (`bool`): False when the strategy ignores the scores (`"random"`).
+        uses_polarity (`bool`): True for strategies with a hard/easy reading (the column's polarity orients the
+            scores); False for strategies on raw values (`"highest"`, `"lowest"`), which never look at polarity.
+        column_options (`tuple[str, ...]`): options that name another column (e.g. `cut_column`); their values are
+            read for the same candidates and passed as `<option without _column>_scores` arrays (oriented by their
+            own polarity when `uses_polarity`).
+    """
+
+    name: str
+    function: Callable[..., Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    needs_column: bool = True
+    uses_polarity: bool = True
+    column_options: tuple[str, ...] = ()
+
+
+_STRATEGIES: dict[str, SelectionStrategy] = {}
+
+
+def register_strategy(
+    name: str,
+    function: Callable[..., Any] | None = None,
+    *,
+    defaults: dict[str, Any] | None = None,
+    needs_column: bool = True,
+    uses_polarity: bool = True,
+    column_options: tuple[str, ...] = (),
+    overwrite: bool = False,
+) -> Any:
+    """Register a selection strategy under `name` (usable as a decorator).
+
+    Args:
+        name (`str`): the strategy name.
+        function (`Callable`, *optional*): see `SelectionStrategy.function`; omit to use as a decorator.
+        defaults (`dict`, *optional*): the options the strategy accepts, with defaults.
+        needs_column (`bool`, defaults to True), uses_polarity (`bool`, defaults to True),
+            column_options (`tuple[str, ...]`): see `SelectionStrategy`.
+        overwrite (`bool`, defaults to False): replace an existing strategy of that name.
+
+    Example:
+        ```python
+        >>> import numpy as np
+        >>> @register_strategy("middle", defaults={})
+        ... def middle(scores, m, rng):
+        ...     order = np.argsort(scores, kind="stable")
+        ...     start = (len(scores) - m) // 2
+        ...     return StrategyResult(order[start:start + m])
+        ```
+    """
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        if not name or not isinstance(name, str):
+            raise ValueError(f"A strategy name must be a non-empty string, got {name!r}.")
+        if name in _STRATEGIES and not overwrite:
+            raise ValueError(f"A selection strategy named {name!r} is already registered; choose another name or "
+                             "pass overwrite=True.")
+        unknown = [option for option in column_options if option not in (defaults or {})]
+        if unknown:
+            raise ValueError(f"column_options {unknown} must also appear in defaults (with None as default).")
+        _STRATEGIES[name] = SelectionStrategy(name, func, dict(defaults or {}), needs_column, uses_polarity,
+                                              tuple(column_options))
+        return func
+
+    return decorator if function is None else decorator(function)
+
+
+#: Strategies registered by modules outside this one, imported on first use.
+_STRATEGY_MODULES: dict[str, str] = {"dealrec": "hf_influence.rec.dealrec"}
+
+
+def get_strategy(name: str) -> SelectionStrategy:
+    """The registered strategy `name`, with an error that lists the valid names."""
+    if name not in _STRATEGIES and name in _STRATEGY_MODULES:
+        importlib.import_module(_STRATEGY_MODULES[name])
+    if name not in _STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}. Valid strategies: {', '.join(_STRATEGIES)}.")
+    return _STRATEGIES[name]
+
+
+register_strategy("hardest", _hardest, defaults={"absolute": False})
+register_strategy("easiest", _easiest, defaults={"absolute": False})
+register_strategy("highest", _highest, uses_polarity=False)
+register_strategy("lowest", _lowest, uses_polarity=False)
+register_strategy("random", _random, needs_column=False, uses_polarity=False)
+register_strategy("window", _window, defaults={"offset": 0, "start_rank": None})
+register_strategy("ccs", _ccs, defaults={"beta": 0.0, "k": 50, "cut_column": None}, column_options=("cut_column",))
+register_strategy("coverage", coverage_selection, defaults={"k": 50, "hard_prune": 0.0, "cut_column": None},
+                  column_options=("cut_column",))
+register_strategy("weighted", _weighted,
+                  defaults={"mapping": "linear", "eps": 1e-3, "temperature": 1.0, "prefer": "hard"})
 
 
 def list_strategies() -> list[str]:
-    """Names of the selection strategies accepted by `select_by_score`."""
+    """Names of the selection strategies accepted by `select_by_score` (built-in and registered)."""
+    for module in _STRATEGY_MODULES.values():
+        importlib.import_module(module)
     return list(_STRATEGIES)
 
 
@@ -386,8 +500,9 @@ def _resolve_offset(offset: Any, n: int) -> int:
     return int(math.floor(offset * n + 1e-9))
 
 
-def _read_scores(dataset: Any, column: str) -> np.ndarray:
-    """The float64 values of `column` (negated for a `-name` that is not itself a column)."""
+def _read_scores(dataset: Any, column: str) -> tuple[np.ndarray, str | None]:
+    """The float64 values of `column` and their polarity (a `-name` that is not itself a column is negated, and its
+    polarity flipped)."""
     name, sign = column, 1.0
     if column not in dataset.column_names and column.startswith("-"):
         name, sign = column[1:], -1.0
@@ -399,7 +514,20 @@ def _read_scores(dataset: Any, column: str) -> np.ndarray:
         raise ValueError(f"Column {name!r} must hold one number per row ({err}).") from err
     if scores.ndim != 1:
         raise ValueError(f"Column {name!r} must hold one number per row, got shape {scores.shape}.")
-    return scores
+    polarity = get_polarity(dataset, name)
+    return scores, polarity if sign > 0 else flip_polarity(polarity)
+
+
+def _as_hardness(scores: np.ndarray, polarity: str | None, column: str, strategy: str) -> np.ndarray:
+    """Scores oriented so that higher = harder, from the column's polarity; a clear error when it has none."""
+    if polarity is None:
+        raise ValueError(
+            f"Strategy {strategy!r} keeps hard or easy examples, but column {column!r} has no known polarity (which "
+            "way is harder). Pass polarity='higher_is_harder' or 'higher_is_easier' to select_by_score, mark the "
+            f"column once with hf_influence.set_polarity(dataset, {column!r}, ...), or select on raw values with "
+            "'highest' / 'lowest' (scores with no hard/easy reading, such as gradient similarity)."
+        )
+    return scores if polarity == HIGHER_IS_HARDER else -scores
 
 
 def _label_key(label: Any) -> str:
@@ -417,14 +545,14 @@ def select_by_score(
     seed: int = 0,
     return_report: bool = False,
     nan_policy: str = "drop",
+    polarity: str | None = None,
     **strategy_kwargs: Any,
 ) -> Any:
-    """Keep a subset of `dataset` chosen from the score `column` (higher = harder; see the module docstring).
+    """Keep a subset of `dataset` chosen from the score `column` (see the module docstring for the strategies).
 
     Args:
         dataset (`datasets.Dataset`): the scored dataset (left untouched).
-        column (`str` or None): the score column; prefix with `-` to negate it (`"-aum"`). May be None for
-            `"random"`.
+        column (`str` or None): the score column. May be None for `"random"`.
         keep (`float` or `int`): a fraction in (0, 1] of the rows with a score, or an int count.
         strategy (`str`): one of `list_strategies()`.
         class_balanced (`bool`, defaults to False): select within each class, keeping each class's share.
@@ -433,28 +561,34 @@ def select_by_score(
         return_report (`bool`, defaults to False): also return a `SelectionReport`.
         nan_policy (`str`, defaults to `"drop"`): `"drop"` excludes rows without a score (with a warning saying
             how many); `"raise"` refuses them.
-        **strategy_kwargs: `absolute` (hardest, easiest), `offset` or `start_rank` (window), `beta`, `k`,
-            `cut_column` (ccs), `k`, `hard_prune`, `cut_column` (coverage), `mapping`, `eps`, `temperature`,
-            `prefer` (weighted).
+        polarity (`str`, *optional*): `"higher_is_harder"` or `"higher_is_easier"`, overriding the polarity
+            recorded on the column (scorers record it; `hf_influence.set_polarity` for your own columns). Needed only
+            by hard/easy strategies on a column without one; `"highest"`/`"lowest"`/`"random"` ignore it.
+        **strategy_kwargs: the strategy's options: `absolute` (hardest, easiest), `offset` or `start_rank` (window),
+            `beta`, `k`, `cut_column` (ccs), `k`, `hard_prune`, `cut_column` (coverage), `mapping`, `eps`,
+            `temperature`, `prefer` (weighted), `effort_column`, `lam`, `k`, `hard_prune`, `normalize` (dealrec).
 
     Returns:
         `datasets.Dataset` (kept rows in their original order, every column kept), or `(Dataset, SelectionReport)`.
 
     Raises:
         ValueError: unknown strategy or option, `keep` out of range, missing or all-NaN column, NaN scores with
-            `nan_policy="raise"`, `class_balanced` without a label column.
+            `nan_policy="raise"`, `class_balanced` without a label column, a hard/easy strategy on a column with no
+            known polarity.
 
     Example:
         ```python
         >>> from datasets import Dataset
-        >>> ds = Dataset.from_dict({"el2n": [0.1, 0.9, 0.5, 0.7], "label": [0, 1, 0, 1]})
-        >>> list(select_by_score(ds, "el2n", 2, "hardest")["el2n"])  # original order kept
+        >>> ds = Dataset.from_dict({"aum": [0.1, 0.9, 0.5, 0.7], "label": [0, 1, 0, 1]})
+        >>> ds = set_polarity(ds, "aum", "higher_is_easier")  # scorers do this for you
+        >>> list(select_by_score(ds, "aum", 2, "hardest")["aum"])  # the lowest AUM, original order kept
+        [0.1, 0.5]
+        >>> list(select_by_score(ds, "aum", 2, "highest")["aum"])  # raw values, polarity ignored
         [0.9, 0.7]
         ```
     """
-    if strategy not in _STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}. Valid strategies: {', '.join(_STRATEGIES)}.")
-    function, accepted, needs_column = _STRATEGIES[strategy]
+    spec = get_strategy(strategy)
+    accepted = tuple(spec.defaults)
     unknown = sorted(set(strategy_kwargs) - set(accepted))
     if unknown:
         raise ValueError(
@@ -462,7 +596,8 @@ def select_by_score(
         )
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"Unknown nan_policy {nan_policy!r}; valid values are {', '.join(NAN_POLICIES)}.")
-    params = {**_DEFAULTS.get(strategy, {}), **strategy_kwargs}
+    check_polarity(polarity)
+    params = {**spec.defaults, **strategy_kwargs}
     if strategy == "window" and params["start_rank"] is not None and params["offset"]:
         raise ValueError("window takes either offset (how many of the highest scores to skip) or start_rank (the "
                          "ascending rank the window starts at, Data Diet's own offset), not both.")
@@ -470,19 +605,28 @@ def select_by_score(
     if num_rows == 0:
         raise ValueError("Cannot select from an empty dataset.")
 
-    # scores
+    # scores, oriented as hardness for strategies with a hard/easy reading
     if column is None:
-        if needs_column:
+        if spec.needs_column:
             raise ValueError(f"Strategy {strategy!r} needs a score column; pass column=<name>.")
         scores = np.zeros(num_rows)
     else:
-        scores = _read_scores(dataset, column)
-    cut_scores = None
-    if params.get("cut_column") is not None:
-        cut_scores = _read_scores(dataset, params["cut_column"])
-    nan = np.isnan(scores) if needs_column else np.zeros(num_rows, dtype=bool)  # "random" ignores the scores
-    if cut_scores is not None:
-        nan |= np.isnan(cut_scores)
+        scores, column_polarity = _read_scores(dataset, column)
+        if spec.uses_polarity and spec.needs_column:
+            polarity = polarity or column_polarity
+            scores = _as_hardness(scores, polarity, column, strategy)
+    used_polarity = polarity if (spec.uses_polarity and spec.needs_column) else None
+    extra_scores: dict[str, np.ndarray] = {}
+    for option in spec.column_options:
+        if params.get(option) is None:
+            continue
+        values, option_polarity = _read_scores(dataset, params[option])
+        if spec.uses_polarity:
+            values = _as_hardness(values, option_polarity, params[option], strategy)
+        extra_scores[option.removesuffix("_column") + "_scores"] = values
+    nan = np.isnan(scores) if spec.needs_column else np.zeros(num_rows, dtype=bool)  # "random" ignores the scores
+    for values in extra_scores.values():
+        nan |= np.isnan(values)
     num_nan = int(nan.sum())
     if num_nan == num_rows:
         raise ValueError(f"Column {column!r} is all NaN: nothing to select from. Check that the scorer ran.")
@@ -491,7 +635,8 @@ def select_by_score(
             raise ValueError(
                 f"Column {column!r} has {num_nan} NaN scores out of {num_rows}. Use nan_policy='drop' to exclude them."
             )
-        what = repr(column) if cut_scores is None else f"{column!r} or {params['cut_column']!r}"
+        others = [params[o] for o in spec.column_options if params.get(o) is not None]
+        what = " or ".join(repr(c) for c in [column, *others])
         logger.warning(f"select_by_score: {num_nan} of {num_rows} rows have a NaN {what} and are excluded.")
     candidates = np.flatnonzero(~nan)
 
@@ -518,6 +663,7 @@ def select_by_score(
         num_candidates=len(candidates),
         class_balanced=class_balanced,
         label_column=label_column if labels is not None else None,
+        polarity=used_polarity,
     )
 
     if class_balanced:
@@ -531,10 +677,8 @@ def select_by_score(
     for label, group, quota in zip(classes, groups, quotas):
         if quota == 0:
             continue
-        kwargs = dict(params)
-        kwargs.pop("cut_column", None)
-        if cut_scores is not None:
-            kwargs["cut_scores"] = cut_scores[group]
+        kwargs = {k: v for k, v in params.items() if k not in spec.column_options}
+        kwargs.update({name: values[group] for name, values in extra_scores.items()})
         if strategy == "window":
             kwargs.pop("start_rank")
             given = params["offset"] if params["start_rank"] is None else params["start_rank"]
@@ -548,7 +692,7 @@ def select_by_score(
                                      "candidate rows. Lower start_rank or keep.")
                 shift = len(group) - shift - int(quota)
             kwargs["offset"] = shift
-        result = function(scores[group], int(quota), rng, **kwargs)
+        result = spec.function(scores[group], int(quota), rng, **kwargs)
         chosen_parts.append(group[np.asarray(result.chosen, dtype=np.int64)])
         report.num_hard_pruned += result.hard_pruned
         for stratum in result.strata:

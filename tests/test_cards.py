@@ -47,7 +47,8 @@ def _scored():
     ds = random_classification_dataset(n=22, num_labels=3)
     ds = hf_influence.add_example_ids(ds)
     ds = LengthScorer(batch_size=4)(ds)
-    return ds.add_column("noise_score", np.random.default_rng(1).random(len(ds)).astype(np.float32))
+    noise = np.random.default_rng(1).random(len(ds)).astype(np.float32)
+    return hf_influence.set_polarity(ds.add_column("noise_score", noise), "noise_score", "higher_is_harder")
 
 
 def _table_rows(text: str, title: str) -> list[list[str]]:

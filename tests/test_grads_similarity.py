@@ -160,11 +160,13 @@ def test_scorer_joins_by_example_id(feature_folders):
                                rtol=1e-6)
     from hf_influence import select_by_score
 
-    kept = select_by_score(scored, "gradient_similarity", 0.5, "hardest")  # as the docstring says: the most similar
+    kept = select_by_score(scored, "gradient_similarity", 0.5, "highest")  # as the docstring says: the most similar
+    with pytest.raises(ValueError, match="no known polarity"):  # similarity has no hard/easy reading
+        select_by_score(scored, "gradient_similarity", 0.5, "hardest")
     assert sorted(kept["gradient_similarity"]) == sorted(scored["gradient_similarity"])[-len(kept):]
     entry = scorer.card_entry()
     assert "max over query examples" in entry["definition"] and "cos(" in entry["definition"]
-    assert entry["config"]["weights"] == [1.0, 0.5] and entry["polarity"] == "higher_is_easier"
+    assert entry["config"]["weights"] == [1.0, 0.5] and entry["polarity"] is None
     with pytest.raises(ValueError, match="None of the dataset's 3 example ids"):
         scorer(train.select(range(3)).map(lambda row: {"example_id": row["example_id"] + 1000}))
     with pytest.raises(ValueError, match="joins on 'example_id'"):

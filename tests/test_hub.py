@@ -317,12 +317,20 @@ def _summary(n: int = 22) -> pd.DataFrame:
     )
 
 
-def _assert_same_rows(loaded: datasets.Dataset, original: datasets.Dataset) -> None:
+def _without_ids(features: datasets.Features) -> dict:
+    return {name: getattr(f, "dtype", f) if isinstance(f, datasets.Value) else f for name, f in features.items()}
+
+
+def _assert_same_rows(loaded: datasets.Dataset, original: datasets.Dataset, documented=None) -> None:
+    """Same columns, values and types; documented score columns also carry their polarity once saved."""
     assert loaded.column_names == original.column_names
-    assert loaded.features == original.features
+    assert _without_ids(loaded.features) == _without_ids(original.features)
+    for entry in SCORE_ENTRIES if documented is None else documented:
+        if entry["column"] in loaded.column_names:
+            assert hf_influence.get_polarity(loaded, entry["column"]) == entry["polarity"]
     for column in original.column_names:
         got, want = loaded[column], original[column]
-        if original.features[column] == datasets.Value("float32"):
+        if getattr(original.features[column], "dtype", None) == "float32":
             np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32))
         else:
             assert list(got) == list(want), column
@@ -399,13 +407,14 @@ def test_load_dataset_sees_new_score_columns_of_a_rescored_folder(tmp_path):
 
 def test_save_dataset_dict_and_selection(tmp_path):
     ds = _scored_dataset()
-    kept, report = hf_influence.select_by_score(ds, "el2n", 0.5, "easiest", return_report=True)
+    kept, report = hf_influence.select_by_score(ds, "el2n", 0.5, "easiest", polarity="higher_is_harder",
+                                                return_report=True)
     both = datasets.DatasetDict({"train": kept, "validation": ds.select(range(5))})
     out = save_scored_dataset(both, tmp_path / "dd", scorers=SCORE_ENTRIES[:1], selection=report, plots=False)
     loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert sorted(loaded) == ["train", "validation"]
-    _assert_same_rows(loaded["train"], kept)
-    _assert_same_rows(loaded["validation"], ds.select(range(5)))
+    _assert_same_rows(loaded["train"], kept, SCORE_ENTRIES[:1])
+    _assert_same_rows(loaded["validation"], ds.select(range(5)), SCORE_ENTRIES[:1])
     assert not (out / "plots").exists()
     text = (out / "README.md").read_text()
     assert "![" not in text
@@ -434,7 +443,7 @@ def test_save_bad_input_writes_nothing(tmp_path):
     assert (target / "keep.txt").read_text() == "precious"
     save_scored_dataset(ds, target, overwrite=True)
     assert not (target / "keep.txt").exists()
-    _assert_same_rows(datasets.load_from_disk(str(target))["train"], ds)
+    _assert_same_rows(datasets.load_from_disk(str(target))["train"], ds, documented=[])
 
 
 def test_save_model_card(tmp_path):
@@ -524,7 +533,7 @@ def test_push_scored_dataset_through_hub_standin(tmp_path):
     files = hub.repos["datasets/user/scored"]["files"]
     table = pq.read_table(io.BytesIO(files["data/train-00000-of-00001.parquet"]))
     pushed = datasets.Dataset(table)
-    _assert_same_rows(pushed.cast(ds.features), ds)
+    _assert_same_rows(pushed.cast(ds.features), ds, documented=[])
 
     card = DatasetCard(files["README.md"].decode())
     # the narrative card replaced push_to_hub's empty body, and kept its YAML (configs, dataset_info)
@@ -573,3 +582,16 @@ def test_push_refuses_missing_score_column_before_upload(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
         push_model_card("user/m", token="hf_x", base_model="b")
+
+
+def test_saved_dataset_records_each_documented_columns_polarity(tmp_path):
+    """A score column documented on the card but computed outside a scorer gets the card's polarity in its feature,
+    so selection after loading keeps the hardest by that polarity."""
+    ds = _scored_dataset().add_column("aum", np.linspace(-1, 1, 22).astype(np.float32),
+                                      feature=datasets.Value("float32"))
+    entries = [*SCORE_ENTRIES, {**SCORE_ENTRIES[0], "name": "aum", "column": "aum", "polarity": "higher_is_easier"}]
+    out = save_scored_dataset(ds, tmp_path / "scored", scorers=entries, plots=False)
+    loaded = datasets.load_from_disk(str(out))["train"]
+    assert hf_influence.get_polarity(loaded, "aum") == "higher_is_easier"
+    kept = hf_influence.select_by_score(loaded, "aum", 5, "hardest")
+    assert sorted(kept["aum"]) == sorted(ds["aum"])[:5]

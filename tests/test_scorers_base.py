@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_classification_dataset, tiny_bert_config
-from datasets import Dataset, Value, load_from_disk
+from datasets import Dataset, load_from_disk
 
+from hf_influence.polarity import get_polarity
 from hf_influence.scorers import (
     Scorer,
     get_scorer,
@@ -66,7 +67,8 @@ def test_adds_one_float32_column_per_row_with_nan():
     ds = Dataset.from_dict({"input_ids": [[1, 2, 3], [], [4], [5, 6]], "label": [0, 1, 0, 1]})
     scorer = LengthScorer(batch_size=3)
     out = scorer(ds)
-    assert out.features["test_length"] == Value("float32")
+    assert out.features["test_length"].dtype == "float32"
+    assert get_polarity(out, "test_length") == LengthScorer.polarity  # the polarity travels with the column
     assert out.column_names == ["input_ids", "label", "test_length"]
     values = out["test_length"]
     assert values[0] == 3 and math.isnan(values[1]) and values[2] == 1 and values[3] == 2

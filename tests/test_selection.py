@@ -12,6 +12,7 @@ from datasets import Dataset
 
 from hf_influence.data import add_example_ids
 from hf_influence.paths import shared_data_dir
+from hf_influence.polarity import set_polarity
 from hf_influence.selection import SelectionReport, list_strategies, sampling_probabilities, select_by_score
 
 
@@ -19,7 +20,7 @@ def _ds(scores, labels=None):
     data = {"score": [float(s) for s in scores]}
     if labels is not None:
         data["label"] = list(labels)
-    return add_example_ids(Dataset.from_dict(data))
+    return set_polarity(add_example_ids(Dataset.from_dict(data)), "score", "higher_is_harder")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def games():
             lengths.append(float(len(parts) - 1))
             if len(users) == 300:
                 break
-    return add_example_ids(Dataset.from_dict({"user": users, "score": lengths, "label": [u % 3 for u in users]}))
+    data = Dataset.from_dict({"user": users, "score": lengths, "label": [u % 3 for u in users]})
+    return set_polarity(add_example_ids(data), "score", "higher_is_harder")
 
 
 # ---- plain-Python references (independent of the implementation: loops, no numpy searchsorted) -------------------
@@ -80,7 +82,12 @@ def test_hardest_easiest_random_window_hand_cases():
     ds = _ds(scores)
     assert select_by_score(ds, "score", 3, "hardest")["score"] == [9.0, 7.0, 8.0]  # original order kept
     assert select_by_score(ds, "score", 0.3, "easiest")["score"] == [0.0, 1.0, 2.0]
-    assert select_by_score(ds, "-score", 3, "hardest")["score"] == [0.0, 1.0, 2.0]  # negated column
+    # a negated column flips its polarity too: "hardest" still keeps the hardest
+    assert select_by_score(ds, "-score", 3, "hardest")["score"] == [9.0, 7.0, 8.0]
+    # highest / lowest read raw values and never the polarity
+    assert select_by_score(ds, "score", 3, "highest")["score"] == [9.0, 7.0, 8.0]
+    assert select_by_score(ds, "-score", 3, "highest")["score"] == [0.0, 1.0, 2.0]
+    assert select_by_score(ds, "score", 3, "lowest")["score"] == [0.0, 1.0, 2.0]
     # Data Diet window: skip the 2 highest (9, 8), keep the next 3 (7, 6, 5)
     out = select_by_score(ds, "score", 3, "window", offset=2)
     assert sorted(out["score"]) == [5.0, 6.0, 7.0]
@@ -123,9 +130,9 @@ def test_ccs_hard_cut_by_another_column():
     # the official CCS code cuts the lowest-AUM examples, then stratifies by the chosen score (here "score")
     scores = [1, 1, 1, 10, 1, 1, 1, 2, 5, 9]
     aum = [0.5, -3.0, 0.2, 0.9, 0.1, 0.3, 0.4, 0.6, 0.7, 0.8]  # row 1 has the lowest AUM
-    ds = _ds(scores).add_column("aum", aum)
+    ds = set_polarity(_ds(scores).add_column("aum", aum), "aum", "higher_is_easier")
     out, report = select_by_score(
-        ds, "score", 9, "ccs", beta=0.1, k=2, cut_column="-aum", return_report=True
+        ds, "score", 9, "ccs", beta=0.1, k=2, cut_column="aum", return_report=True
     )
     assert report.num_hard_pruned == 1 and 1 not in out["example_id"] and 3 in out["example_id"]
     # remaining scores [1 x5, 10, 2, 5, 9]: edges [1, 5.5005, 10.001] -> S0 = 7 rows, S1 = {10, 9}
@@ -304,7 +311,7 @@ def test_nan_policy_and_infinities(caplog):
 
 def test_errors_leave_dataset_untouched():
     ds = _ds([0.5, 0.1, 0.9], labels=[0, 1, 1])
-    with pytest.raises(ValueError, match="Valid strategies: hardest, easiest, random, window, ccs, coverage"):
+    with pytest.raises(ValueError, match="Valid strategies: hardest, easiest, highest, lowest, random, window, ccs"):
         select_by_score(ds, "score", 1, "top")
     with pytest.raises(ValueError, match="outside"):
         select_by_score(ds, "score", 4, "hardest")
@@ -332,7 +339,8 @@ def test_errors_leave_dataset_untouched():
 
 
 def test_report_to_dict_and_strategies():
-    assert list_strategies() == ["hardest", "easiest", "random", "window", "ccs", "coverage", "weighted"]
+    assert list_strategies() == ["hardest", "easiest", "highest", "lowest", "random", "window", "ccs", "coverage",
+                                 "weighted", "dealrec"]
     _, report = select_by_score(_ds([1, 2, 3, 4], [0, 0, 1, 1]), "score", 2, "ccs", k=2, return_report=True)
     assert isinstance(report, SelectionReport)
     d = report.to_dict()
@@ -341,3 +349,71 @@ def test_report_to_dict_and_strategies():
     import json
 
     json.dumps(d)
+
+
+# ---- polarity drives selection -------------------------------------------------------------------------------------
+
+
+def test_polarity_orients_hard_easy_strategies_and_is_required():
+    aum = [0.4, -1.0, 2.0, 0.1, 1.5, -0.3]  # higher = easier: the hardest are the lowest
+    plain = add_example_ids(Dataset.from_dict({"aum": aum, "label": [0, 1, 0, 1, 0, 1]}))
+    with pytest.raises(ValueError, match="no known polarity.*set_polarity.*'highest' / 'lowest'"):
+        select_by_score(plain, "aum", 2, "hardest")
+    ds = set_polarity(plain, "aum", "higher_is_easier")
+    assert select_by_score(ds, "aum", 2, "hardest")["aum"] == [-1.0, -0.3]
+    assert select_by_score(ds, "aum", 2, "easiest")["aum"] == [2.0, 1.5]
+    # the explicit argument gives the same selection as the recorded polarity, and overrides it
+    assert select_by_score(plain, "aum", 2, "hardest", polarity="higher_is_easier")["aum"] == [-1.0, -0.3]
+    assert select_by_score(ds, "aum", 2, "hardest", polarity="higher_is_harder")["aum"] == [2.0, 1.5]
+    # window skips the hardest: skip -1.0, keep the next two hardest (-0.3, 0.1)
+    assert sorted(select_by_score(ds, "aum", 2, "window", offset=1)["aum"]) == [-0.3, 0.1]
+    # weighted sampling prefers hard: the probabilities follow hardness = -aum
+    _, report = select_by_score(ds, "aum", 6, "weighted", return_report=True)
+    assert report.polarity == "higher_is_easier" and report.num_kept == 6
+    with pytest.raises(ValueError, match="Unknown polarity"):
+        select_by_score(ds, "aum", 2, "hardest", polarity="up")
+    # highest / lowest / random never need a polarity
+    assert select_by_score(plain, "aum", 2, "highest")["aum"] == [2.0, 1.5]
+    assert len(select_by_score(plain, None, 2, "random")) == 2
+
+
+def test_polarity_survives_save_load_and_transforms(tmp_path):
+    import datasets
+
+    from hf_influence.hub import save_scored_dataset
+    from hf_influence.normalization import add_normalized_column
+    from hf_influence.polarity import get_polarity
+
+    ds = set_polarity(add_example_ids(Dataset.from_dict({"aum": [0.4, -1.0, 2.0, 0.1], "label": [0, 1, 0, 1]})),
+                      "aum", "higher_is_easier")
+    ds = add_normalized_column(ds, "aum", by="class", output_column="aum_class")
+    assert get_polarity(ds, "aum_class") == "higher_is_easier"  # z-scoring keeps the direction
+    entry = {"name": "aum", "column": "aum", "definition": "-", "paper": "-", "polarity": "higher_is_easier",
+             "config": {}}
+    save_scored_dataset(ds, tmp_path / "scored", scorers=[entry], plots=False)
+    for loaded in (datasets.load_from_disk(str(tmp_path / "scored"))["train"],
+                   datasets.load_dataset(str(tmp_path / "scored"))["train"]):
+        loaded = loaded.select([0, 1, 2, 3]).filter(lambda r: True)
+        assert get_polarity(loaded, "aum") == "higher_is_easier"
+        assert select_by_score(loaded, "aum", 2, "hardest")["aum"] == [-1.0, 0.1]
+
+
+def test_register_strategy_and_column_options():
+    from hf_influence.selection import StrategyResult, register_strategy
+
+    def middle(scores, m, rng, *, shift_scores=None, skip=0):
+        values = scores if shift_scores is None else scores + shift_scores
+        order = np.argsort(values, kind="stable")
+        start = (len(values) - m) // 2 + skip
+        return StrategyResult(order[start:start + m])
+
+    register_strategy("test_middle", middle, defaults={"shift_column": None, "skip": 0},
+                      column_options=("shift_column",), overwrite=True)
+    ds = _ds([5, 1, 4, 2, 3]).add_column("shift", [0.0, 10.0, 0.0, 0.0, 0.0])
+    ds = set_polarity(ds, "shift", "higher_is_harder")
+    assert select_by_score(ds, "score", 1, "test_middle")["score"] == [3.0]
+    assert select_by_score(ds, "score", 1, "test_middle", shift_column="shift")["score"] == [4.0]  # 1 -> 11
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy("test_middle", middle)
+    with pytest.raises(ValueError, match="does not take"):
+        select_by_score(ds, "score", 1, "test_middle", beta=0.1)

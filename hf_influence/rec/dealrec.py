@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..normalization import minmax_scale
+from ..polarity import HIGHER_IS_HARDER, score_feature
+from ..selection import StrategyResult, coverage_selection, register_strategy, select_by_score
 
 logger = logging.get_logger(__name__)
 
@@ -36,10 +38,6 @@ NORMALIZATIONS: tuple[str, ...] = ("minmax", "none")
 
 #: lambda per dataset from the authors' ``hyper-parameters.txt`` (all with K = 50 groups).
 DEALREC_LAMBDA: dict[str, float] = {"games": 0.3, "book": 1.0, "microlens-50k": 1.0}
-
-#: Defaults of the authors' pipeline.
-DEALREC_DEFAULTS: dict[str, Any] = {"budget": 1024, "k": 50, "hard_prune": 0.1, "seed": 42, "lam": 0.5}
-
 
 def _as_finite_array(values: Any, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -137,10 +135,6 @@ def select_dealrec(
     Raises:
         ValueError: for missing columns, non-finite scores, or a budget outside ``[1, len(dataset)]``.
     """
-    import datasets
-
-    from ..selection import select_by_score
-
     missing = [c for c in (influence_column, effort_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(
@@ -157,14 +151,40 @@ def select_dealrec(
     overall = combine_dealrec_scores(dataset[influence_column], dataset[effort_column], lam=lam, normalize=normalize)
     if column in dataset.column_names:
         dataset = dataset.remove_columns(column)
-    scored = dataset.add_column(column, overall.astype(np.float32), feature=datasets.Value("float32"))
-    return select_by_score(scored, column, budget, "coverage", seed=seed, return_report=return_report, k=k,
-                           hard_prune=hard_prune)
+    scored = dataset.add_column(column, overall.astype(np.float32), feature=score_feature(HIGHER_IS_HARDER))
+    return select_by_score(scored, influence_column, budget, "dealrec", seed=seed, return_report=return_report,
+                           effort_column=effort_column, lam=lam, k=k,
+                           hard_prune=hard_prune, normalize=normalize)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# surrogate baselines (EL2N, GraNd on SASRec)
-# ----------------------------------------------------------------------------------------------------------------
+def dealrec_strategy(
+    scores: np.ndarray,
+    m: int,
+    rng: np.random.Generator,
+    *,
+    effort_scores: np.ndarray | None = None,
+    lam: float = 0.5,
+    k: int = 50,
+    hard_prune: float = 0.0,
+    normalize: str = "none",
+) -> StrategyResult:
+    """The `"dealrec"` selection strategy: `combine_dealrec_scores(influence, effort)` then coverage sampling.
+
+    It works on the raw influence and effort values, as the paper defines the combination (no polarity is read).
+
+    `select_by_score(users, "influence", 1024, "dealrec", effort_column="effort", lam=0.3, hard_prune=0.1)` keeps
+    1024 users exactly as `select_dealrec` does (Lin et al., SIGIR 2024, Alg. 2).
+    """
+    if effort_scores is None:
+        raise ValueError("The 'dealrec' strategy combines the influence column with the effort: pass "
+                         "effort_column=<the EffortScorer column>.")
+    combined = combine_dealrec_scores(scores, effort_scores, lam=lam, normalize=normalize)
+    return coverage_selection(combined, m, rng, k=k, hard_prune=hard_prune)
+
+
+register_strategy("dealrec", dealrec_strategy,
+                  defaults={"effort_column": None, "lam": 0.5, "k": 50, "hard_prune": 0.0, "normalize": "none"},
+                  column_options=("effort_column",), uses_polarity=False)
 
 
 def _rows(dataset: Any, start: int, stop: int) -> list[dict[str, Any]]:

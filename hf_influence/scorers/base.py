@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..polarity import POLARITIES, score_feature
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
     import torch
 
 logger = logging.get_logger(__name__)
 
-POLARITIES: tuple[str, ...] = ("higher_is_harder", "higher_is_easier")
 TASKS: tuple[str, ...] = ("sequence_classification", "causal_lm")
 
 
@@ -370,7 +371,9 @@ class Scorer:
 
     Class attributes:
         name (`str`): registry name and default column name.
-        polarity (`str`): `"higher_is_harder"` or `"higher_is_easier"`.
+        polarity (`str` or None): `"higher_is_harder"`, `"higher_is_easier"`, or None for a score with no hard/easy
+            reading (select those with the `"highest"`/`"lowest"` strategies). Recorded on the output column
+            (`hf_influence.polarity`), so selection finds it again after save/load.
         definition (`str`): one-line formula of the score.
         paper (`str`): the paper and equation the score comes from.
 
@@ -394,7 +397,7 @@ class Scorer:
     """
 
     name: ClassVar[str] = ""
-    polarity: ClassVar[str] = "higher_is_harder"
+    polarity: ClassVar[str | None] = "higher_is_harder"
     definition: ClassVar[str] = ""
     paper: ClassVar[str] = ""
 
@@ -501,7 +504,7 @@ class Scorer:
 
         removed = {remove_columns} if isinstance(remove_columns, str) else set(remove_columns or ())
         features = datasets.Features({k: v for k, v in dataset.features.items() if k not in removed})
-        features[self.column] = datasets.Value("float32")
+        features[self.column] = score_feature(self.polarity)  # the polarity travels with the column
         return features
 
     def __call__(self, dataset: datasets.Dataset, **map_kwargs: Any) -> datasets.Dataset:
@@ -606,9 +609,10 @@ def register_scorer(cls: type[Scorer] | None = None, /, *, name: str | None = No
         key = name or klass.name
         if not key:
             raise ValueError(f"{klass.__name__} has no `name`; set the class attribute or pass name=... .")
-        if klass.polarity not in POLARITIES:
+        if klass.polarity is not None and klass.polarity not in POLARITIES:
             raise ValueError(
-                f"{klass.__name__}.polarity is {klass.polarity!r}; it must be one of {', '.join(POLARITIES)}."
+                f"{klass.__name__}.polarity is {klass.polarity!r}; it must be one of {', '.join(POLARITIES)}, or None "
+                "for a score with no hard/easy reading."
             )
         existing = _SCORERS.get(key)
         if existing is not None and existing is not klass and not overwrite:

@@ -202,10 +202,12 @@ class DynamicsScorer(Scorer):
     def output_features(self, dataset: Any, remove_columns: Any = None) -> Any:
         import datasets
 
+        from ..polarity import score_feature
+
         removed = {remove_columns} if isinstance(remove_columns, str) else set(remove_columns or ())
         features = datasets.Features({k: v for k, v in dataset.features.items() if k not in removed})
-        for output in self.output_columns:
-            features[output] = datasets.Value("float32")
+        for entry in self.card_entries():  # each column with its own polarity
+            features[entry["column"]] = score_feature(entry["polarity"])
         return features
 
     def score_batch(self, batch: dict[str, list]) -> np.ndarray:

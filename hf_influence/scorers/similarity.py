@@ -23,8 +23,8 @@ class GradientSimilarityScorer(Scorer):
     `hf_influence.grads.similarity`): the dot product is TracIn's influence of training example `i` on query `j`
     summed over checkpoints (Pruthi et al., NeurIPS 2020, TracInCP); `normalize=True` takes the cosine, as LESS does
     to select instruction data for a target task (Xia et al., ICML 2024). Polarity: higher = more aligned with the
-    target set. `select_by_score` reads columns as higher = harder, so keep the most similar with
-    `select_by_score(dataset, "gradient_similarity", keep, "hardest")` (it keeps the highest values).
+    target set, with no hard/easy reading (the column carries no polarity): keep the most similar with
+    `select_by_score(dataset, "gradient_similarity", keep, "highest")`.
 
     For classification, a gradient's direction follows its gold label first, so against a target set of mixed labels
     the mean cosine ranks whole classes before examples: select with `class_balanced=True` (measured on SNLI in
@@ -49,7 +49,7 @@ class GradientSimilarityScorer(Scorer):
     """
 
     name = "gradient_similarity"
-    polarity = "higher_is_easier"
+    polarity = None  # similarity to a target set has no hard/easy reading: select with "highest" / "lowest"
     definition = "mean over query examples j of sum_c eta_c <g_i^c, q_j^c> (projected per-example gradients)"
     paper = ("Pruthi et al. Estimating Training Data Influence by Tracing Gradient Descent. NeurIPS 2020 (TracInCP); "
              "cosine form: Xia et al. LESS. ICML 2024")
