@@ -242,6 +242,8 @@ def accuracy_vs_fraction_figure(
     random_method: str = "random",
     full_data: float | None = None,
     title: str | None = None,
+    interval: str = "std",
+    confidence: float = 0.95,
 ) -> Figure:
     """Build the pruning curve of the Data Diet / SNLI papers: accuracy (mean ± std over seeds) against the fraction
     of training data kept, one line per score/strategy.
@@ -258,10 +260,15 @@ def accuracy_vs_fraction_figure(
         random_method (`str`, defaults to `"random"`): the method drawn as the random baseline.
         full_data (`float`, *optional*): full-data accuracy to mark.
         title (`str`, *optional*): figure title.
+        interval (`str`, defaults to `"std"`): `"std"` draws error bars of one standard deviation over seeds;
+            `"ci"` draws a shaded band of the Student-t confidence interval of the mean (level `confidence`).
+        confidence (`float`, defaults to 0.95): the band's level with `interval="ci"`.
 
     Returns:
         `matplotlib.figure.Figure`; one errorbar container per method, in sorted method order.
     """
+    if interval not in ("std", "ci"):
+        raise ValueError(f"interval must be 'std' or 'ci', got {interval!r}.")
     frame = _as_frame(results, "results")
     _require_columns(frame, [method_column, fraction_column, metric_column], "plot_accuracy_vs_fraction")
     if frame.empty:
@@ -272,6 +279,13 @@ def accuracy_vs_fraction_figure(
         .rename(columns={"<lambda_0>": "std"})
         .reset_index()
     )
+    if interval == "ci":
+        from .experiments.statistics import mean_interval
+
+        bounds = frame.groupby([method_column, fraction_column])[metric_column].apply(
+            lambda s: mean_interval(s.to_numpy(dtype=np.float64), confidence))
+        stats["low"] = [bounds[(m, f)].low for m, f in zip(stats[method_column], stats[fraction_column])]
+        stats["high"] = [bounds[(m, f)].high for m, f in zip(stats[method_column], stats[fraction_column])]
     if full_data is None:
         full_rows = frame[np.isclose(frame[fraction_column].to_numpy(dtype=np.float64), 1.0)]
         full_data = float(full_rows[metric_column].mean()) if len(full_rows) else None
@@ -281,19 +295,25 @@ def accuracy_vs_fraction_figure(
     for method in sorted(stats[method_column].unique(), key=str):
         rows = stats[stats[method_column] == method].sort_values(fraction_column)
         style = {"color": "grey", "linestyle": "--"} if method == random_method else {}
-        ax.errorbar(
-            rows[fraction_column].to_numpy(dtype=np.float64),
+        x = rows[fraction_column].to_numpy(dtype=np.float64)
+        container = ax.errorbar(
+            x,
             rows["mean"].to_numpy(dtype=np.float64),
-            yerr=rows["std"].to_numpy(dtype=np.float64),
+            yerr=rows["std"].to_numpy(dtype=np.float64) if interval == "std" else None,
             label=str(method),
             marker="o",
             capsize=3,
             **style,
         )
+        if interval == "ci":
+            color = container.lines[0].get_color()
+            ax.fill_between(x, rows["low"].to_numpy(dtype=np.float64), rows["high"].to_numpy(dtype=np.float64),
+                            color=color, alpha=0.15, linewidth=0)
     if full_data is not None and np.isfinite(full_data):
         ax.axhline(full_data, color="black", linestyle=":", label=f"full data ({full_data:.4g})")
     ax.set_xlabel("fraction of training data kept")
-    ax.set_ylabel(f"{metric_column} (mean ± std over seeds)")
+    spread = "std" if interval == "std" else f"{100 * confidence:g}% CI"
+    ax.set_ylabel(f"{metric_column} (mean ± {spread} over seeds)")
     ax.legend(fontsize="small")
     ax.set_title(title or f"{metric_column} vs fraction kept")
     fig.tight_layout()
@@ -311,6 +331,8 @@ def plot_accuracy_vs_fraction(
     full_data: float | None = None,
     title: str | None = None,
     dpi: int = 120,
+    interval: str = "std",
+    confidence: float = 0.95,
 ) -> Path:
     """Save the accuracy-vs-fraction-kept curve of a pruning recipe as a PNG.
 
@@ -335,5 +357,7 @@ def plot_accuracy_vs_fraction(
         random_method=random_method,
         full_data=full_data,
         title=title,
+        interval=interval,
+        confidence=confidence,
     )
     return _save(fig, path, dpi)
