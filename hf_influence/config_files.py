@@ -66,3 +66,45 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str | Path, *, hi
             action.required = False
     parser.set_defaults(**values)
     return values
+
+
+class RecipeParser:
+    """An `HfArgumentParser` over some dataclasses plus a ``--config`` YAML file of defaults (flags override it).
+
+    The one parser helper of the recipes (as trl's ``TrlParser``): ``RecipeParser((A, B, C)).parse(argv)`` returns
+    the dataclass instances in order.
+
+    Args:
+        dataclass_types (`Sequence[type]`): the argument dataclasses.
+        hint (`str`, *optional*): added to config-file errors (e.g. where the example profiles live).
+
+    Example:
+        ```python
+        >>> model_args, training_args = RecipeParser((ModelArguments, TrainingArguments)).parse(
+        ...     ["--config", "recipes/configs/smoke.yaml", "--output_dir", "out"])
+        ```
+    """
+
+    def __init__(self, dataclass_types: Sequence[type], *, hint: str = "") -> None:
+        from transformers import HfArgumentParser
+
+        self.dataclass_types = tuple(dataclass_types)
+        self.hint = hint
+        self.parser = HfArgumentParser(self.dataclass_types)
+        self.parser.add_argument(
+            "--config", type=str, default=None, help="YAML file of defaults for these flags (flags override it)."
+        )
+
+    def format_help(self) -> str:
+        return self.parser.format_help()
+
+    def parse(self, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+        """Parse ``argv`` (default: ``sys.argv[1:]``) with the defaults of its ``--config`` file."""
+        import sys
+
+        args = list(sys.argv[1:] if argv is None else argv)
+        config_path, _ = split_config_flag(args)
+        if config_path:
+            apply_yaml_defaults(self.parser, config_path, hint=self.hint)
+        outputs = self.parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+        return tuple(outputs[: len(self.dataclass_types)])

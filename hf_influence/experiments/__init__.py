@@ -11,9 +11,11 @@ from .experiment import PruningExperiment
 from .results import ExperimentResult
 from .selections import Selection, random_selection
 from .statistics import mean_interval, paired_bootstrap, paired_t
+from .timing import PhaseTimer
 
 __all__ = [
     "ExperimentResult",
+    "PhaseTimer",
     "PruningExperiment",
     "Selection",
     "mean_interval",
