@@ -73,6 +73,15 @@ def _training_settings(args: Any) -> dict[str, Any]:
     return {k: v for k, v in sorted(values.items()) if k not in _IGNORED_TRAINING_FIELDS and not k.startswith("_")}
 
 
+def _plain_training_arguments(args: Any, **overrides: Any) -> Any:
+    """A plain `TrainingArguments` with the hyperparameters of `args` (e.g. a `ScoringConfig`) and `overrides`."""
+    from transformers import TrainingArguments
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments)
+              if f.init and hasattr(args, f.name)}
+    return TrainingArguments(**{**values, **overrides})
+
+
 def _keep_label(keep: float | int) -> str:
     return f"n{keep}" if isinstance(keep, (int, np.integer)) and not isinstance(keep, bool) else f"{keep:g}"
 
@@ -303,9 +312,12 @@ class PruningExperiment:
     # ---- fingerprint ----------------------------------------------------------------------------------------------
 
     def _score_columns(self) -> list[str]:
+        from ..selection import get_strategy
+
         columns = []
         for selection in self.selections:
-            columns += [c for c in (selection.score, *selection.options.values()) if isinstance(c, str)]
+            options = get_strategy(selection.strategy).column_options
+            columns += [c for c in (selection.score, *(selection.options.get(o) for o in options)) if c]
         return columns
 
     def settings(self, train: Any) -> dict[str, Any]:
@@ -380,7 +392,7 @@ class PruningExperiment:
         else:
             from transformers import PrinterCallback, ProgressCallback, Trainer
 
-            run_args = dataclasses.replace(
+            run_args = _plain_training_arguments(
                 self.args, output_dir=str(run_dir), seed=seed, save_strategy="no", eval_strategy="no",
                 load_best_model_at_end=False, push_to_hub=False, report_to="none", disable_tqdm=True,
             )

@@ -231,7 +231,7 @@ class ExperimentResult:
         for row in summary.itertuples(index=False):
             r = row._asdict()
             mean = f"{fmt(r[f'{metric}_mean'])} [{fmt(r[f'{metric}_ci_low'])}, {fmt(r[f'{metric}_ci_high'])}]"
-            if r["baseline"] is None:
+            if not isinstance(r["baseline"], str):  # random and full data are the references
                 diff, p, verdict = "", "", "baseline" if r["selection"] != FULL_DATA else "reference"
             else:
                 diff = f"{fmt(r['diff_mean'])} [{fmt(r['diff_ci_low'])}, {fmt(r['diff_ci_high'])}]"
