@@ -228,8 +228,7 @@ class ExperimentResult:
         def fmt(x: float) -> str:
             return "n/a" if x is None or not np.isfinite(x) else f"{scale * x:.2f}"
 
-        for row in summary.itertuples(index=False):
-            r = row._asdict()
+        for r in summary.to_dict("records"):  # not itertuples: it renames columns such as "recall@10"
             mean = f"{fmt(r[f'{metric}_mean'])} [{fmt(r[f'{metric}_ci_low'])}, {fmt(r[f'{metric}_ci_high'])}]"
             if not isinstance(r["baseline"], str):  # random and full data are the references
                 diff, p, verdict = "", "", "baseline" if r["selection"] != FULL_DATA else "reference"

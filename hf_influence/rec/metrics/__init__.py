@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .ranking import ndcg_at_k, ranking_metrics, recall_at_k
+from .ranking import ndcg_at_k, per_user_ranking_metrics, ranking_metrics, recall_at_k
 
 RECALL_NDCG_PATH = str(Path(__file__).with_name("recall_ndcg.py"))
 
@@ -16,4 +16,5 @@ def load_recall_ndcg(**kwargs):
     return evaluate.load(RECALL_NDCG_PATH, **kwargs)
 
 
-__all__ = ["RECALL_NDCG_PATH", "load_recall_ndcg", "ndcg_at_k", "ranking_metrics", "recall_at_k"]
+__all__ = ["RECALL_NDCG_PATH", "load_recall_ndcg", "ndcg_at_k", "per_user_ranking_metrics", "ranking_metrics",
+           "recall_at_k"]

@@ -124,7 +124,40 @@ def ranking_metrics(
                 "Drop users without targets before evaluating."
             )
     results: dict[str, float] = {}
+    for name, values in per_user_ranking_metrics(predictions, references, ks).items():
+        results[name] = float(np.mean(values))
+    return results
+
+
+def per_user_ranking_metrics(
+    predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]], ks: Sequence[int] = (10, 20)
+) -> dict[str, np.ndarray]:
+    """Recall@K and NDCG@K of every user (the values `ranking_metrics` averages), for paired bootstraps over users.
+
+    Args:
+        predictions (`Sequence[Sequence[int]]`): one ranked item-id list per user.
+        references (`Sequence[Sequence[int]]`): one non-empty target item-id list per user.
+        ks (`Sequence[int]`, defaults to `(10, 20)`): cut-offs.
+
+    Returns:
+        `dict[str, np.ndarray]`: keys ``recall@K`` and ``ndcg@K``, each a float64 array with one value per user.
+
+    Example:
+        ```python
+        >>> per_user_ranking_metrics([[1, 2], [3, 4]], [[2], [9]], ks=[2])["recall@2"]
+        array([1., 0.])
+        ```
+    """
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"Got {len(predictions)} prediction lists but {len(references)} reference lists; "
+            "pass one of each per user."
+        )
+    ks = [_check_k(k) for k in (ks if isinstance(ks, (list, tuple)) else [ks])]
+    results: dict[str, np.ndarray] = {}
     for k in ks:
-        results[f"recall@{k}"] = float(np.mean([recall_at_k(p, t, k) for p, t in zip(predictions, references)]))
-        results[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(p, t, k) for p, t in zip(predictions, references)]))
+        results[f"recall@{k}"] = np.array([recall_at_k(p, t, k) for p, t in zip(predictions, references)],
+                                          dtype=np.float64)
+        results[f"ndcg@{k}"] = np.array([ndcg_at_k(p, t, k) for p, t in zip(predictions, references)],
+                                        dtype=np.float64)
     return results
