@@ -191,14 +191,24 @@ def test_recipe_tiny_end_to_end(tmp_path):
     assert "DEALRec" in (out / "dealrec_adapter" / "README.md").read_text()
 
 
-def test_recipe_argument_errors(tmp_path):
+def test_option_checks():
+    from types import SimpleNamespace
+
+    fs.check_options(SimpleNamespace(catalogue="seen", normalize="minmax"), seeds=[42], selection_seed=42)
+    with pytest.raises(ValueError, match="--catalogue must be one of"):
+        fs.check_options(SimpleNamespace(catalogue="popular"), seeds=[42])
+    with pytest.raises(ValueError, match="--torch_dtype must be one of"):
+        fs.check_options(SimpleNamespace(torch_dtype="int8"), seeds=[42])
+    with pytest.raises(ValueError, match="--finetune_seeds 7"):  # selections draw with the fine-tuning seed
+        fs.check_options(seeds=[42], selection_seed=7)
+    with pytest.raises(ValueError, match="differs"):
+        fs.check_options(seeds=[1, 2], selection_seed=1)
+    with pytest.raises(ValueError, match=r"Unknown method\(s\) \['magic'\]"):
+        fs.check_options(seeds=[42], methods=["dealrec", "magic"])
+
+
+def test_recipe_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("budget: 4\nnot_a_flag: 1\n")
     proc = _run_recipe("--config", str(bad), "--output_dir", str(tmp_path / "x"), timeout=120)
-    assert proc.returncode != 0 and "not_a_flag" in proc.stderr
-    proc = _run_recipe("--config", str(TINY), "--methods", "dealrec", "magic", "--selection_seed", "42",
-                       "--output_dir", str(tmp_path / "y"), timeout=120)
-    assert proc.returncode != 0 and "Unknown method(s) ['magic']" in proc.stderr
-    proc = _run_recipe("--config", str(TINY), "--selection_seed", "7", "--output_dir", str(tmp_path / "z"),
-                       timeout=120)
-    assert proc.returncode != 0 and "--finetune_seeds 7" in proc.stderr
+    assert proc.returncode != 0 and "not_a_flag" in proc.stderr and "rec_*.yaml" in proc.stderr
