@@ -57,7 +57,7 @@ class PruningArguments:
     selections: list[str] = field(default_factory=list, metadata={
         "help": "'score:strategy' pairs (e.g. el2n:easiest aum:hardest vog_class:ccs; append ':balanced' for class-"
         "balanced). Strategies read each score's polarity: 'hardest' keeps the hardest examples whichever way the "
-        "score points. Default: each score with its default strategy."})
+        "score points. Default: each score with its default strategy; 'none': random and full data only."})
     keep_fractions: list[float] = field(default_factory=lambda: [0.55, 0.75], metadata={
         "help": "Fractions of the training set to KEEP, each in (0, 1]; 0.55 = 45%% pruned."})
     finetune_seeds: list[int] = field(default_factory=lambda: [0], metadata={
@@ -89,6 +89,8 @@ class PruningArguments:
 
     def selection_grid(self, scores: Sequence[str]) -> list[Selection]:
         """The selections to evaluate, with the weighted strategy's options and --class_balanced applied."""
+        if self.selections == ["none"]:  # only random and full data (e.g. the learning curve)
+            return []
         items = self.selections or [f"{s}:{sc.SCORES[s].default_strategy}" for s in scores]
         out = []
         for item in items:
@@ -177,7 +179,8 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
     saved = Path(prune_args.scored_dataset or output_dir / "scored_dataset")
     reuse = bool(prune_args.scored_dataset) or sc.saved_scoring_matches(saved, scoring_record(data_args, plan))
     with timer.phase("scoring"):  # a rerun of the same command prunes the split it scored before
-        scored = sc.attach_saved_scores(tokenized["train"], saved) if reuse else \
+        scored = sc.ScoredSplit(tokenized["train"], [], []) if not selections else \
+            sc.attach_saved_scores(tokenized["train"], saved) if reuse else \
             sc.score_split(tokenized["train"], plan, ctx, output_dir)
     if state.is_main_process and scored.entries and not reuse:
         with timer.phase("save_scored_dataset"):
@@ -190,7 +193,8 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
         compute_metrics=tc.accuracy_metrics, data_collator=collator, processing_class=tokenizer,
         optimizer_init=lambda model, args: tc.make_optimizer(model, args, model_args.head_learning_rate),
         label_column=data_args.label_column, random_baseline=prune_args.include_random and not
-        prune_args.class_balanced, class_balanced_random=prune_args.include_random and prune_args.class_balanced,
+        prune_args.class_balanced, class_balanced_random=prune_args.include_random and (
+            prune_args.class_balanced or any(s.class_balanced for s in selections)),
         full_data=prune_args.include_full, best_metric="eval_accuracy",
         fingerprint_extra={"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args)})
     with timer.phase("finetune"):

@@ -321,7 +321,8 @@ class PruningExperiment:
         return columns
 
     def settings(self, train: Any) -> dict[str, Any]:
-        """What decides every run's result; compared on resume (the grid itself may grow)."""
+        """What decides every run's result; compared on resume (the grid itself may grow). The score columns are
+        checked one by one (`_check_score_columns`), so selections on new columns can join a finished grid."""
         id_columns = ["example_id", self.label_column or "label"]
         model = {}
         if self.model_init is not None:
@@ -330,7 +331,7 @@ class PruningExperiment:
             model = {"model_init": getattr(self.model_init, "__qualname__", type(self.model_init).__name__),
                      "initial_weights": model_fingerprint(self._fresh_model(self.seeds[0]))}
         return {
-            "train": {"rows": len(train), "content": _content_hash(train, [*id_columns, *self._score_columns()])},
+            "train": {"rows": len(train), "content": _content_hash(train, [*id_columns, "input_ids"])},
             "eval": {name: {"rows": len(split), "content": _content_hash(split, id_columns)}
                      for name, split in self.eval_datasets.items()},
             "training_arguments": _training_settings(self.args),
@@ -341,6 +342,16 @@ class PruningExperiment:
             "label_column": self.label_column,
             "extra": json.loads(json.dumps(self.fingerprint_extra, default=str)),
         }
+
+    def _check_score_columns(self, saved: dict[str, str]) -> dict[str, str]:
+        """Content hashes of the score columns the selections read; refuses a column whose values changed since
+        earlier rows were selected with it."""
+        hashes = {c.lstrip("-"): _content_hash(self.train_dataset, [c.lstrip("-")]) for c in self._score_columns()}
+        changed = sorted(c for c, h in hashes.items() if c in saved and saved[c] != h)
+        if changed:
+            raise ValueError(f"The score column(s) {changed} hold other values than when earlier rows of this "
+                             "experiment were selected with them. Use another output_dir, or delete the folder.")
+        return hashes
 
     def _check_or_write_settings(self, output_dir: Path, settings: dict[str, Any], is_main: bool) -> None:
         from ..store import atomic_write_bytes
@@ -357,7 +368,9 @@ class PruningExperiment:
                     f"{output_dir} holds an experiment with other settings (changed: {changed}). Its rows cannot be "
                     "mixed with these runs: use another output_dir, or delete the folder to start over."
                 )
-        record = {"fingerprint": fingerprint, "settings": settings,
+        saved_scores = json.loads(path.read_text()).get("score_columns", {}) if path.is_file() else {}
+        scores = {**saved_scores, **self._check_score_columns(saved_scores)}
+        record = {"fingerprint": fingerprint, "settings": settings, "score_columns": scores,
                   "grid": {"selections": [s.to_dict() for s in self.selections],
                            "baselines": [s.to_dict() for s in self.baselines()], "fractions": self.fractions,
                            "seeds": self.seeds, "full_data": self.full_data},
