@@ -30,16 +30,19 @@ def split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return known.config, rest
 
 
-def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str | Path, *, hint: str = "") -> dict[str, Any]:
+def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str | Path, *, hint: str = "",
+                        ignore_unknown: bool = False) -> dict[str, Any]:
     """Set ``parser``'s defaults from the YAML mapping in ``path``.
 
     Args:
         parser (`argparse.ArgumentParser`): typically an `HfArgumentParser`.
         path (`str` or `Path`): the YAML file.
         hint (`str`, *optional*): appended to error messages (e.g. where the example profiles live).
+        ignore_unknown (`bool`, defaults to False): skip options the parser does not have (a script that reads only
+            part of a recipe's profile) instead of refusing them.
 
     Returns:
-        `dict`: the values read.
+        `dict`: the values applied.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -58,7 +61,9 @@ def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str | Path, *, hi
         )
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
-    if unknown:
+    if ignore_unknown:
+        values = {k: v for k, v in values.items() if k in known}
+    elif unknown:
         valid = sorted(known - {"help", "config"})
         raise ValueError(f"Unknown option(s) {unknown} in {path}. Valid options: {valid}.{suffix}")
     for action in parser._actions:
@@ -77,6 +82,8 @@ class RecipeParser:
     Args:
         dataclass_types (`Sequence[type]`): the argument dataclasses.
         hint (`str`, *optional*): added to config-file errors (e.g. where the example profiles live).
+        ignore_unknown (`bool`, defaults to False): skip config-file options none of the dataclasses has (for a
+            script that reads part of a recipe's profile).
 
     Example:
         ```python
@@ -85,11 +92,11 @@ class RecipeParser:
         ```
     """
 
-    def __init__(self, dataclass_types: Sequence[type], *, hint: str = "") -> None:
+    def __init__(self, dataclass_types: Sequence[type], *, hint: str = "", ignore_unknown: bool = False) -> None:
         from transformers import HfArgumentParser
 
         self.dataclass_types = tuple(dataclass_types)
-        self.hint = hint
+        self.hint, self.ignore_unknown = hint, ignore_unknown
         self.parser = HfArgumentParser(self.dataclass_types)
         self.parser.add_argument(
             "--config", type=str, default=None, help="YAML file of defaults for these flags (flags override it)."
@@ -105,6 +112,6 @@ class RecipeParser:
         args = list(sys.argv[1:] if argv is None else argv)
         config_path, _ = split_config_flag(args)
         if config_path:
-            apply_yaml_defaults(self.parser, config_path, hint=self.hint)
+            apply_yaml_defaults(self.parser, config_path, hint=self.hint, ignore_unknown=self.ignore_unknown)
         outputs = self.parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
         return tuple(outputs[: len(self.dataclass_types)])

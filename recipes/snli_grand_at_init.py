@@ -13,18 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("snli_prune", Path(__file__).with_name("snli_prune.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["snli_prune"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -35,17 +24,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from scipy.stats import spearmanr
 
+    from hf_influence.config_files import RecipeParser
+    from hf_influence.experiments import text_classification as tc
+    from hf_influence.experiments.scoring import ScoringPlan
     from hf_influence.scorers import GraNdScorer, InputNormScorer
 
-    recipe = _recipe()
-    model_args, data_args, prune_args, _ = recipe.parse_args(["--config", args.config, "--output_dir", "unused"])
-    name, config = recipe.load_model_config(model_args)
-    tokenizer = recipe.load_tokenizer(model_args, name)
-    splits = recipe.prepare_splits(recipe.load_raw_splits(data_args), data_args, model_args.num_labels)
-    train = recipe.tokenize_splits({"train": splits["train"]}, tokenizer, data_args,
-                                   lambda desc="": contextlib.nullcontext())["train"]
-    seeds = list(prune_args.scoring_seeds)
-    models = [recipe.load_model(name, config, tokenizer, seed, quiet=True) for seed in seeds]
+    parser = RecipeParser((tc.ModelArguments, tc.DataArguments, ScoringPlan), ignore_unknown=True)
+    model_args, data_args, plan = parser.parse(["--config", args.config])
+    name, config = tc.load_model_config(model_args)
+    tokenizer = tc.load_tokenizer(model_args, name)
+    splits = tc.prepare_splits(tc.load_raw_splits(data_args), data_args, model_args.num_labels)
+    train = tc.tokenize_splits({"train": splits["train"]}, tokenizer, data_args,
+                               lambda desc="": contextlib.nullcontext())["train"]
+    seeds = list(plan.scoring_seeds)
+    models = [tc.load_model(name, config, tokenizer, seed, quiet=True) for seed in seeds]
     common = {"tokenizer": tokenizer, "batch_size": args.batch_size, "label_column": data_args.label_column}
     per_seed = [GraNdScorer(model, **common)(train)["grand"] for model in models]
     grand = [sum(values) / len(values) for values in zip(*per_seed)]
