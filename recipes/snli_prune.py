@@ -160,11 +160,10 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
 
     timer = PhaseTimer()
     _ = training_args.device  # sets up the process group from the training arguments
-    state = PartialState()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    state, world_size = PartialState(), int(os.environ.get("WORLD_SIZE", "1"))
     if state.num_processes != world_size:
-        raise RuntimeError(f"Launched with WORLD_SIZE={world_size} but the process group has {state.num_processes} "
-                           "process(es). On a CPU-only machine launch with recipes/accelerate/cpu_2proc.yaml.")
+        raise RuntimeError(f"WORLD_SIZE={world_size} but the process group has {state.num_processes} process(es). On "
+                           "a CPU-only machine launch with recipes/accelerate/cpu_2proc.yaml.")
     push = bool(training_args.push_to_hub)
     training_args.push_to_hub = False  # the Trainers never push models; --push_to_hub pushes the scored dataset
     if push and not prune_args.hub_repo_id:
@@ -175,7 +174,7 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
         model_path, config, tokenizer, tokenized, target = load_data(model_args, data_args, plan, training_args)
     collator = DataCollatorWithPadding(tokenizer)
     ctx = sc.ScoringContext(model_path, config, tokenizer, collator, training_args, data_args,
-                         model_args.head_learning_rate, target)
+                            model_args.head_learning_rate, target)
     saved = Path(prune_args.scored_dataset or output_dir / "scored_dataset")
     reuse = bool(prune_args.scored_dataset) or sc.saved_scoring_matches(saved, scoring_record(data_args, plan))
     with timer.phase("scoring"):  # a rerun of the same command prunes the split it scored before
@@ -186,15 +185,15 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
         with timer.phase("save_scored_dataset"):
             save_scored(scored, output_dir / "scored_dataset", model_args, data_args, plan, prune_args,
                         training_args, push)
+    balanced = prune_args.class_balanced
     experiment = PruningExperiment(
         scored.dataset, selections=selections, fractions=prune_args.keep_fractions, seeds=prune_args.finetune_seeds,
         model_init=lambda: tc.load_model(model_path, config, tokenizer, seed=None, quiet=True), args=training_args,
         eval_datasets={"eval": tokenized["validation"], **{k: v for k, v in tokenized.items() if k == "test"}},
         compute_metrics=tc.accuracy_metrics, data_collator=collator, processing_class=tokenizer,
         optimizer_init=lambda model, args: tc.make_optimizer(model, args, model_args.head_learning_rate),
-        label_column=data_args.label_column, random_baseline=prune_args.include_random and not
-        prune_args.class_balanced, class_balanced_random=prune_args.include_random and (
-            prune_args.class_balanced or any(s.class_balanced for s in selections)),
+        label_column=data_args.label_column, random_baseline=prune_args.include_random and not balanced,
+        class_balanced_random=prune_args.include_random and (balanced or any(s.class_balanced for s in selections)),
         full_data=prune_args.include_full, best_metric="eval_accuracy",
         fingerprint_extra={"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args)})
     with timer.phase("finetune"):
@@ -215,11 +214,8 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
                                   "num_processes": state.num_processes, "device": str(state.device)},
                        "runs": json.loads(result.rows.to_json(orient="records")),
                        "summary": json.loads(result.summary().to_json(orient="records")),
-                       "paper_reference_test_accuracy": PAPER_RESULTS}
-            if noise:
-                payload["noise_in_hardest_5pct"] = noise
-            if grand_init:
-                payload["grand_at_initialization_spearman"] = grand_init
+                       "paper_reference_test_accuracy": PAPER_RESULTS, "noise_in_hardest_5pct": noise or None,
+                       "grand_at_initialization_spearman": grand_init or None}
             (output_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
         (output_dir / "timing.json").write_text(json.dumps(timer.to_dict(), indent=2))
         print("\n" + result.to_markdown())
