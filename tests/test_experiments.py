@@ -16,8 +16,13 @@ import pytest
 from scipy import stats
 
 from hf_influence.experiments import ExperimentResult, PruningExperiment, Selection
-from hf_influence.experiments.statistics import PAIRED_BOOTSTRAP, PAIRED_T_TEST, mean_interval, paired_bootstrap, \
-    paired_t
+from hf_influence.experiments.statistics import (
+    PAIRED_BOOTSTRAP,
+    PAIRED_T_TEST,
+    mean_interval,
+    paired_bootstrap,
+    paired_t,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +167,8 @@ GRID_SCRIPT = textwrap.dedent('''
     train = add_example_ids(random_classification_dataset(n=24, seed=0))
     train = train.add_column("el2n", np.linspace(0, 1, len(train)).astype("float32"))
     train = set_polarity(train, "el2n", "higher_is_harder")
-    evals = {{"eval": random_classification_dataset(n=10, seed=1), "test": random_classification_dataset(n=10, seed=2)}}
+    evals = {{"eval": random_classification_dataset(n=10, seed=1),
+             "test": random_classification_dataset(n=10, seed=2)}}
 
     class Counter(TrainerCallback):
         def on_train_end(self, args, state, control, **kwargs):
@@ -186,10 +192,12 @@ GRID_SCRIPT = textwrap.dedent('''
         train, selections=["el2n:easiest", "el2n:hardest:balanced"], fractions=[0.5], seeds=[0, 1],
         model_init=lambda: BertForSequenceClassification(tiny_bert_config()),
         args=TrainingArguments(out, num_train_epochs=1, per_device_train_batch_size=8, report_to="none",
-                               remove_unused_columns=False, use_cpu=True),
+                               remove_unused_columns=False, use_cpu=True, ddp_backend="gloo"),
         eval_datasets=evals, compute_metrics=accuracy, data_collator=collate, callbacks=[Counter()])
     result = exp.run(out, progress=False)
-    print("ROWS", len(result.rows))
+    from accelerate import PartialState
+
+    print("ROWS", len(result.rows), "WORLD", PartialState().num_processes, "RANK", PartialState().process_index)
 ''')
 
 
@@ -284,3 +292,23 @@ def test_bad_input_errors():
         PruningExperiment(train, model_init=lambda: None, args=object())
     with pytest.raises(ValueError, match="empty"):
         PruningExperiment(train, model_init=lambda: None, args=object(), eval_datasets={"eval": train.select([])})
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_results_file_and_return_the_same_rows(tmp_path):
+    """Under torchrun (2 gloo processes), every rank trains every run, only rank 0 writes results.csv, and both
+    ranks return the same rows."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    script = tmp_path / "grid.py"
+    script.write_text(GRID_SCRIPT.format(tests=str(REPO / "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                           str(out), "0"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("ROWS"))
+    assert lines == ["ROWS 10 WORLD 2 RANK 0", "ROWS 10 WORLD 2 RANK 1"]
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 10 and rows["run_id"].is_unique
+    assert len((out / "trained.log").read_text().split()) == 20  # both ranks trained each of the 10 runs
