@@ -30,7 +30,8 @@ from transformers.utils import logging
 
 from ..normalization import minmax_scale
 from ..polarity import HIGHER_IS_HARDER, score_feature
-from ..selection import StrategyResult, coverage_selection, register_strategy, select_by_score
+from ..selection import select_by_score
+from ..strategies import StrategyResult, coverage_selection, register_strategy
 
 logger = logging.get_logger(__name__)
 
