@@ -34,6 +34,7 @@ from ..grads.input_grads import INPUT_GRADIENT_TARGETS
 from ..normalization import class_zscore, dataset_zscore
 from .base import load_checkpoint, register_scorer
 from .model_outputs import ModelOutputScorer
+from .sharding import scorer_world, sharded_values
 
 logger = logging.get_logger(__name__)
 
@@ -156,8 +157,9 @@ class VoGScorer(ModelOutputScorer):
             self.validate(dataset)
             if map_kwargs:
                 logger.warning(f"stream_checkpoints=True ignores map arguments {sorted(map_kwargs)}.")
-            scored = dataset.add_column(self.column, self._stream_scores(dataset).astype(np.float32),
-                                        feature=datasets.Value("float32"))
+            world = scorer_world(self)  # in a multi-process job: each rank streams its shard, then all gather
+            raw = sharded_values(self, len(dataset), lambda rows: self._stream_scores(dataset.select(rows)), world)
+            scored = dataset.add_column(self.column, raw.astype(np.float32), feature=datasets.Value("float32"))
         else:
             scored = super().__call__(dataset, **map_kwargs)
         if self.normalization is None:
