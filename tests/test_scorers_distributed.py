@@ -1,6 +1,7 @@
 """Sharded scoring: a scorer called on every rank of a 2-process CPU job (torchrun, gloo) returns, on every rank, the
-1-process scores within 1e-6 (el2n, grand, vog (map and streaming), tracin, influence with each solver) on uneven
-shards (23 rows: 12 + 11), shares the datasets cache with 1-process calls, and the helpers behave as documented."""
+1-process scores within 1e-6 (el2n, grand, vog (map and streaming), tracin, influence with each solver, projected
+gradients) on uneven shards (23 rows: 12 + 11), shares the datasets cache with 1-process calls, and the helpers
+behave as documented."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ SCRIPT = textwrap.dedent(
     from conftest import tiny_bert_config
 
     from hf_influence.distributed import current_world, shard_range
+    from hf_influence.grads import load_projected_gradients, write_projected_gradients
     from hf_influence.scorers import get_scorer
     from hf_influence.scorers.influence import InfluenceScorer
 
@@ -61,6 +63,11 @@ SCRIPT = textwrap.dedent(
     }
     for key, (name, kwargs) in configs.items():
         results[key] = np.asarray(get_scorer(name, batch_size=4, **kwargs)(dataset)[name], dtype=np.float64)
+
+    # projected gradients: each rank writes its rows into the one shared features.npy
+    folder = write_projected_gradients(models[0], dataset, os.path.join(out, "features"), batch_size=4,
+                                       dtype="float32")
+    results["projected_gradients"] = np.asarray(load_projected_gradients(folder)[0], dtype=np.float64)
 
     # a second call on every rank is served from the cache the first call wrote (no score_batch call)
     calls = []
@@ -139,7 +146,7 @@ def test_two_process_scores_equal_one_process_scores(tmp_path):
     assert [int(r["world_size"]) for r in ranks] == [2, 2]
     assert [int(r["shard_rows"]) for r in ranks] == [12, 11]  # uneven shards
     keys = ["el2n", "grand", "vog", "vog_stream", "tracin", "influence_exact", "influence_cg", "influence_lissa",
-            "mean_gradient_exact"]
+            "mean_gradient_exact", "projected_gradients"]
     for key in keys:
         reference = single[key]
         assert np.isfinite(reference).all() and np.ptp(reference) > 0, key  # real, varying scores
