@@ -134,6 +134,7 @@ class ForgettingCounter:
         self.in_order = True
 
     def _grow(self, ids: np.ndarray) -> None:
+        """Add the (sorted, unique) `ids` not seen yet."""
         new = np.setdiff1d(ids, self.ids, assume_unique=True)
         if not len(new):
             return
@@ -153,13 +154,17 @@ class ForgettingCounter:
             return
         example_id = frame["example_id"].to_numpy(dtype=np.int64)
         step = frame["step"].to_numpy(dtype=np.int64)
-        order = np.lexsort((step, example_id))  # by example, then step; stable for ties, as the table sort
-        example_id, step = example_id[order], step[order]
-        correct = frame["correct"].to_numpy(dtype=np.float64)[order]
-        self._grow(np.unique(example_id))
-        pos = np.searchsorted(self.ids, example_id)
+        correct = frame["correct"].to_numpy(dtype=np.float64)
+        # by example, then step, stable for ties (as the table sort); one evaluation in id order needs no sort
+        if not (step[0] == step.min() == step.max() and (np.diff(example_id) > 0).all()):
+            order = np.lexsort((step, example_id))
+            example_id, step, correct = example_id[order], step[order], correct[order]
         first = np.r_[True, example_id[1:] != example_id[:-1]]
         last = np.r_[first[1:], True]
+        known = len(self.ids) == int(first.sum()) and np.array_equal(self.ids, example_id[first])
+        if not known:
+            self._grow(example_id[first])
+        pos = np.searchsorted(self.ids, example_id)
         if (step[first] < self.last_step[pos[first]]).any():
             self.in_order = False
         previous = np.empty_like(correct)

@@ -313,6 +313,10 @@ def test_streamed_dense_forgetting_equals_the_table_computation(tmp_path):
         counter.update(chunk)
     assert counter.in_order
     pd.testing.assert_series_equal(counter.result(), reference)
+    counter = ForgettingCounter()  # one evaluation per chunk in id order, as the trainer records them (no sort)
+    for one in tables:
+        counter.update(one.sort_values("example_id"))
+    pd.testing.assert_series_equal(counter.result(), reference)
 
     records = _presentations(ids)
     store = SignalStore(tmp_path / "signals", {"num_examples": len(ids)})
