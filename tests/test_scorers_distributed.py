@@ -64,6 +64,12 @@ SCRIPT = textwrap.dedent(
     for key, (name, kwargs) in configs.items():
         results[key] = np.asarray(get_scorer(name, batch_size=4, **kwargs)(dataset)[name], dtype=np.float64)
 
+    # shard=False: one rank alone scores the whole dataset (not a collective call: the other rank does not join)
+    if world.rank == world.size - 1:
+        alone = get_scorer("el2n", model=models, batch_size=4, shard=False)
+        alone = alone(dataset, keep_in_memory=True, load_from_cache_file=False)  # computed, not read from the cache
+        results["el2n_unsharded"] = np.asarray(alone["el2n"], dtype=np.float64)
+
     # projected gradients: each rank writes its rows into the one shared features.npy
     folder = write_projected_gradients(models[0], dataset, os.path.join(out, "features"), batch_size=4,
                                        dtype="float32")
@@ -153,6 +159,8 @@ def test_two_process_scores_equal_one_process_scores(tmp_path):
         for rank, result in enumerate(ranks):
             error = np.abs(result[key] - reference) / np.maximum(1.0, np.abs(reference))
             assert error.max() <= 1e-6, f"{key} on rank {rank}: {error.max():.2e}"
+    error = np.abs(ranks[-1]["el2n_unsharded"] - single["el2n"]) / np.maximum(1.0, np.abs(single["el2n"]))
+    assert error.max() <= 1e-6 and "el2n_unsharded" not in ranks[0]
     for result in [single, *ranks]:
         assert int(result["second_call_batches"]) == 0  # a cache hit on every rank
         assert bool(result["second_call_equal"])
