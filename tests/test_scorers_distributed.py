@@ -220,6 +220,10 @@ def test_num_gpus_is_checked_and_maps_one_process_per_gpu(monkeypatch):
     with pytest.raises(ValueError, match="0 CUDA device"):
         scorer(dataset, num_gpus=1)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(ValueError, match="CUDA is already initialised"):  # forked workers could not use it
+        scorer(dataset, num_gpus=2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     with pytest.raises(ValueError, match="either num_gpus"):
         scorer(dataset, num_gpus=2, num_proc=2)
     with pytest.raises(ValueError, match="positive integer"):
