@@ -1,4 +1,6 @@
-"""Sharded scoring: a scorer called on every rank of a 2-process CPU job (torchrun, gloo) returns, on every rank, the
+"""Sharded scoring: a scorer called on every rank of a 2-process CPU job (gloo; launched by torchrun, and by
+`accelerate launch` with the recipes' 2-process config, the script making an `accelerate.PartialState`) returns, on
+every rank, the
 1-process scores within 1e-6 (el2n, grand, vog (map and streaming), tracin, influence with each solver, projected
 gradients) on uneven shards (23 rows: 12 + 11), shares the datasets cache with 1-process calls, and the helpers
 behave as documented."""
@@ -40,7 +42,12 @@ SCRIPT = textwrap.dedent(
     from hf_influence.scorers import get_scorer
     from hf_influence.scorers.influence import InfluenceScorer
 
-    if "LOCAL_RANK" in os.environ:
+    if sys.argv[4] == "accelerate":  # as a script under `accelerate launch` does: the state sets up the group
+        from accelerate import PartialState
+
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # no GPU: gloo (as the recipes do)
+        PartialState()
+    elif "LOCAL_RANK" in os.environ:
         dist.init_process_group("gloo")
     world = current_world()
     out, data_dir = sys.argv[1], sys.argv[2]
@@ -125,29 +132,44 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _launch(tmp_path: Path, name: str, processes: int) -> list[dict[str, np.ndarray]]:
-    """Run the script on its own copy of the saved dataset (its own cache); the results of every rank."""
+ACCELERATE_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
+
+
+def _launch(tmp_path: Path, name: str, launcher: str) -> list[dict[str, np.ndarray]]:
+    """Run the script on its own copy of the saved dataset (its own cache) with `launcher` (`python`, `torchrun` or
+    `accelerate`, the last two with 2 processes); the results of every rank."""
     folder = tmp_path / name
     out = folder / "out"
     out.mkdir(parents=True)
     random_classification_dataset(n=N_ROWS).save_to_disk(str(folder / "data"))
     script = folder / "run.py"
     script.write_text(SCRIPT)
-    args = [str(script), str(out), str(folder / "data"), str(Path(__file__).parent)]
-    if processes == 1:
+    args = [str(script), str(out), str(folder / "data"), str(Path(__file__).parent), launcher]
+    processes = 1 if launcher == "python" else 2
+    if launcher == "python":
         command = [sys.executable, *args]
+    elif launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(free_port()), *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(free_port()), *args]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+                   "--main_process_port", str(free_port()), *args]
     run_launched(command, folder, retry_teardown_abort_of=out, finished_marker="SCORING FINISHED")
     if not out.exists():  # emptied by the one retry of a teardown abort; the rerun wrote it again
         raise AssertionError("no results")
     return [dict(np.load(out / f"rank{rank}.npz")) for rank in range(processes)]
 
 
-def test_two_process_scores_equal_one_process_scores(tmp_path):
-    (single,) = _launch(tmp_path, "single", 1)
-    ranks = _launch(tmp_path, "ddp", 2)
+@pytest.fixture(scope="module")
+def single_process_results(tmp_path_factory):
+    (single,) = _launch(tmp_path_factory.mktemp("single"), "single", "python")
+    return single
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_scores_equal_one_process_scores(tmp_path, launcher, single_process_results):
+    single = single_process_results
+    ranks = _launch(tmp_path, "ddp", launcher)
     assert int(single["world_size"]) == 1
     assert [int(r["world_size"]) for r in ranks] == [2, 2]
     assert [int(r["shard_rows"]) for r in ranks] == [12, 11]  # uneven shards
