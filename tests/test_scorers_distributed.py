@@ -1,9 +1,8 @@
 """Sharded scoring: a scorer called on every rank of a 2-process CPU job (gloo; launched by torchrun, and by
 `accelerate launch` with the recipes' 2-process config, the script making an `accelerate.PartialState`) returns, on
-every rank, the
-1-process scores within 1e-6 (el2n, grand, vog (map and streaming), tracin, influence with each solver, projected
-gradients) on uneven shards (23 rows: 12 + 11), shares the datasets cache with 1-process calls, and the helpers
-behave as documented."""
+every rank, the 1-process scores within 1e-6 (el2n, grand, vog (map and streaming), tracin, influence with each
+solver, projected gradients) on uneven shards (23 rows: 12 + 11), shares the datasets cache with 1-process calls, and
+the helpers behave as documented."""
 
 from __future__ import annotations
 
