@@ -410,14 +410,29 @@ class SignalStore:
         """Remove every record (and, when writing, this store's chunk files)."""
         self.truncate(-1)
 
-    def existing_keys(self, kind: str, columns: Sequence[str]) -> pd.MultiIndex:
+    def existing_keys(self, kind: str, columns: Sequence[str], steps: tuple[int, int] | None = None
+                      ) -> pd.MultiIndex:
         """The distinct tuples of `columns` already stored for `kind` (used to drop repeated rows).
 
-        For dense evaluations on disk only the `columns` are read, one chunk at a time.
+        Args:
+            kind (`str`): `"presentations"` or `"dense"`.
+            columns (`Sequence[str]`): the key columns.
+            steps (`tuple[int, int]`, *optional*): only rows whose `step` lies in `[steps[0], steps[1]]`, e.g. the
+                step range of the rows about to be appended; dense chunks outside it are not read at all.
+
+        For dense evaluations on disk only the needed columns are read, one chunk at a time.
         """
+        wanted = list(dict.fromkeys([*columns, "step"]))
         if kind == PRESENTATIONS:
-            return pd.MultiIndex.from_frame(self._concat(kind)[list(columns)].drop_duplicates())
-        frames = [frame.drop_duplicates() for frame in self._dense_frames(columns)]
+            frames = [self._concat(kind)[wanted]]
+        else:
+            frames = [frame for entry in self._frames[DENSE]
+                      if steps is None or not isinstance(entry, _Chunk)
+                      or (entry.step_min <= steps[1] and entry.step_max >= steps[0])
+                      for frame in self._dense_frames(wanted, entries=[entry])]
+        if steps is not None:
+            frames = [frame[frame["step"].between(*steps)] for frame in frames]
+        frames = [frame[list(columns)].drop_duplicates() for frame in frames]
         frame = pd.concat(frames, ignore_index=True) if frames else _empty_frame(columns)
         return pd.MultiIndex.from_frame(frame.drop_duplicates())
 
@@ -450,9 +465,11 @@ class SignalStore:
             return _normalise(frame)
         return _cast(frame[list(columns)].reset_index(drop=True).copy())
 
-    def _dense_frames(self, columns: Sequence[str] | None = None, start: int = 0) -> Iterator[pd.DataFrame]:
-        """The dense rows (only `columns` if given), one chunk at a time, in the order they were recorded."""
-        for entry in self._frames[DENSE][start:]:
+    def _dense_frames(self, columns: Sequence[str] | None = None, start: int = 0, entries: list[Any] | None = None
+                      ) -> Iterator[pd.DataFrame]:
+        """The dense rows (only `columns` if given), one chunk at a time, in the order they were recorded (of the
+        entries from `start` on, or of `entries`)."""
+        for entry in self._frames[DENSE][start:] if entries is None else entries:
             if isinstance(entry, _Chunk):
                 if entry.rows and (entry.step_limit is None or entry.step_min <= entry.step_limit):
                     yield self._read_chunk(entry, columns)

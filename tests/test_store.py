@@ -344,6 +344,10 @@ def test_streamed_dense_forgetting_equals_the_table_computation(tmp_path):
     expected_early = summarize_records(records[records.step < 7], early)
     pd.testing.assert_frame_equal(reader.summary(), expected_early)
     assert reader.existing_keys("dense", ["example_id", "step"]).size == len(early)
+    keys = reader.existing_keys("dense", ["example_id", "step"], steps=(5, 7))
+    assert sorted(keys) == sorted(map(tuple, early[early.step >= 5][["example_id", "step"]].to_numpy()))
+    first_step = reader.existing_keys("presentations", ["example_id", "epoch"], steps=(0, 0))
+    assert first_step.size == (records.step == 0).sum() > 0
     store.truncate(7)
     pd.testing.assert_frame_equal(store.summary(), expected_early)
     pd.testing.assert_frame_equal(SignalStore.load(tmp_path / "signals").summary(), expected_early)
