@@ -11,7 +11,8 @@ Nothing here initialises a process group: `current_world()` only reads the state
 by `accelerate`, `torchrun` + `init_process_group`, or the `Trainer`). Without one, or with a single process, it is
 `World(rank=0, size=1)` and every helper is a no-op, so a single-process call is unchanged.
 
-Every helper that takes a `World` of size > 1 is a collective: all ranks must call it, in the same order.
+Every helper that takes a `World` of size > 1 is a collective: all ranks must call it, in the same order. With the
+NCCL backend each process must own its GPU (`torch.cuda.set_device(LOCAL_RANK)`, which `accelerate` does).
 """
 
 from __future__ import annotations
