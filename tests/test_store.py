@@ -273,3 +273,93 @@ def test_bad_inputs():
     empty = SignalStore.from_records(_frame().iloc[:0])
     with pytest.raises(ValueError, match="no presentations"):
         empty.summary()
+
+
+def _dense_evaluations(num_examples=40, steps=(2, 4, 6, 8, 10, 12), seed=0):
+    """One dense table per evaluation step: random correctness (some fractional, as causal-LM token means, and
+    some NaN), examples in shuffled order, ids not contiguous."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10_000, size=num_examples, replace=False)
+    tables = []
+    for step in steps:
+        correct = rng.choice([0.0, 1.0, 0.5, np.nan], size=num_examples, p=[0.4, 0.45, 0.1, 0.05])
+        correct[ids == ids.min()] = 0.0  # an example never learned
+        table = pd.DataFrame({"example_id": ids, "epoch": step // 7, "step": step, "correct": correct})
+        table = table.sample(frac=1, random_state=step)
+        for name in ("prob_gold", "margin", "loss", "el2n", "entropy"):
+            table[name] = rng.random(num_examples)
+        tables.append(table)
+    return ids, tables
+
+
+def _presentations(ids, seed=1):
+    rng = np.random.default_rng(seed)
+    rows = [(int(i), e, 3 * e + k, float(rng.integers(0, 2)), rng.random(), rng.normal(), rng.random(), rng.random())
+            for e in range(2) for k, i in enumerate(ids)]
+    return _frame(rows)
+
+
+def test_streamed_dense_forgetting_equals_the_table_computation(tmp_path):
+    from hf_influence.store import ForgettingCounter, forgetting_events, summarize_records
+
+    ids, tables = _dense_evaluations()
+    table = pd.concat(tables, ignore_index=True)
+    reference = forgetting_events(table)
+    assert np.isinf(reference).any() and (reference > 1).any()  # never-learned and repeatedly forgotten examples
+    # two evaluations per chunk, and a chunk of two evaluations' rows interleaved
+    chunks = [pd.concat(tables[i : i + 2]).sample(frac=1, random_state=i) for i in range(0, len(tables), 2)]
+    counter = ForgettingCounter()
+    for chunk in chunks:
+        counter.update(chunk)
+    assert counter.in_order
+    pd.testing.assert_series_equal(counter.result(), reference)
+    counter = ForgettingCounter()  # one evaluation per chunk in id order, as the trainer records them (no sort)
+    for one in tables:
+        counter.update(one.sort_values("example_id"))
+    pd.testing.assert_series_equal(counter.result(), reference)
+
+    records = _presentations(ids)
+    store = SignalStore(tmp_path / "signals", {"num_examples": len(ids)})
+    store.initialize()
+    store.append(records)
+    store.append(chunks[0], kind="dense")
+    store.summary()  # counts the first chunk; later appends are counted as they come
+    for chunk in chunks[1:]:
+        store.append(chunk, kind="dense")
+    assert not [e for e in store._frames["dense"] if isinstance(e, pd.DataFrame)], "dense rows kept in memory"
+    records = store.records()  # as stored (float32)
+    expected = summarize_records(records, table)  # today's table-based summary
+    pd.testing.assert_frame_equal(store.summary(), expected)
+    pd.testing.assert_frame_equal(SignalStore.load(tmp_path / "signals").summary(), expected)
+    pd.testing.assert_frame_equal(SignalStore.from_records(records, table).summary(), expected)
+    dense = SignalStore.load(tmp_path / "signals").dense_records()
+    pd.testing.assert_frame_equal(dense.sort_values(["step", "example_id"]).reset_index(drop=True),
+                                  store.dense_records().sort_values(["step", "example_id"]).reset_index(drop=True))
+    assert len(dense) == len(table)
+
+    # truncation at step 7, by a store that writes and by one that only reads (files untouched)
+    reader = SignalStore.load(tmp_path / "signals")
+    reader.truncate(7)
+    early = table[table.step <= 7]
+    expected_early = summarize_records(records[records.step < 7], early)
+    pd.testing.assert_frame_equal(reader.summary(), expected_early)
+    assert reader.existing_keys("dense", ["example_id", "step"]).size == len(early)
+    keys = reader.existing_keys("dense", ["example_id", "step"], steps=(5, 7))
+    assert sorted(keys) == sorted(map(tuple, early[early.step >= 5][["example_id", "step"]].to_numpy()))
+    first_step = reader.existing_keys("presentations", ["example_id", "epoch"], steps=(0, 0))
+    assert first_step.size == (records.step == 0).sum() > 0
+    store.truncate(7)
+    pd.testing.assert_frame_equal(store.summary(), expected_early)
+    pd.testing.assert_frame_equal(SignalStore.load(tmp_path / "signals").summary(), expected_early)
+
+
+def test_out_of_order_dense_chunks_fall_back_to_the_table(caplog):
+    from hf_influence.store import forgetting_events
+
+    ids, tables = _dense_evaluations(num_examples=12, seed=3)
+    store = SignalStore.from_records(_presentations(ids))
+    for table in reversed(tables):  # later evaluations recorded first
+        store.append(table, kind="dense")
+    forgetting = store.dense_forgetting()
+    pd.testing.assert_series_equal(forgetting, forgetting_events(pd.concat(tables[::-1], ignore_index=True)))
+    assert "out of step order" in caplog.text

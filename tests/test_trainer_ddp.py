@@ -4,16 +4,13 @@ and per-example gradient norms."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port, run_launched
 
 SCRIPT = textwrap.dedent(
     '''
@@ -66,25 +63,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-#: What a gloo rank prints when a C++ worker thread is torn down at interpreter exit, after the script has finished
-#: (seen about once in 30 launches on 2 CPU cores, torch 2.13; upstream: pytorch/pytorch#190489, #179291).
-TEARDOWN_ABORT = "terminate called without an active exception"
-
-
-def _run(command, tmp_path, retry_teardown_abort_of: Path | None = None):
-    """Run `command`. With `retry_teardown_abort_of` (the run's output folder), a run whose failure is the upstream
-    teardown abort after training had finished is launched once more on an emptied folder; any other failure, or the
-    same one twice, fails the test."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    output = result.stdout + result.stderr
-    if (retry_teardown_abort_of is not None and result.returncode != 0 and TEARDOWN_ABORT in output
-            and "train_runtime" in output):
-        shutil.rmtree(retry_teardown_abort_of, ignore_errors=True)
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
 ACCELERATE_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "cpu_2proc.yaml"
 
 
@@ -94,7 +72,7 @@ def single_process_records(tmp_path_factory):
     folder = tmp_path_factory.mktemp("single")
     script = folder / "run.py"
     script.write_text(SCRIPT)
-    _run([sys.executable, str(script), str(folder / "out")], folder)
+    run_launched([sys.executable, str(script), str(folder / "out")], folder)
     return pd.read_csv(folder / "out" / "records.csv")
 
 
@@ -102,15 +80,13 @@ def single_process_records(tmp_path_factory):
 def test_two_processes_record_each_example_once_per_epoch(tmp_path, launcher, single_process_records):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     else:  # `accelerate launch` with the recipes' 2-process CPU config (torchrun launcher, gloo on CPU)
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
                    "--main_process_port", str(port)]
-    _run([*command, str(script), str(tmp_path / "ddp")], tmp_path, retry_teardown_abort_of=tmp_path / "ddp")
+    run_launched([*command, str(script), str(tmp_path / "ddp")], tmp_path, retry_teardown_abort_of=tmp_path / "ddp")
     from hf_influence.store import SignalStore
 
     assert SignalStore.load(tmp_path / "ddp" / "signals").metadata["config"]["world_size"] == 2

@@ -17,6 +17,11 @@ grad). The full-data Hessian is ``H = (1/n) sum_i d^2 L(s_i)``; full-data quanti
 
 Vectors are flat 1-D tensors of length ``P = sum(p.numel() for p in params)`` (use `flatten_tensors` /
 `unflatten_vector` to convert); `hvp` also accepts a list shaped like ``params`` and answers in the same form.
+
+Distributed: the full-data passes (`mean_gradient`, `full_data_hvp` and so CG, `damped_hessian` and so the exact
+solver) take ``world=`` (`hf_influence.distributed.World`). Each rank then runs only the batches of its contiguous
+shard of the ``n`` samples, each still weighted by ``len(batch) / n`` (``n`` the whole training set), and the partial
+sums are all-reduced: every rank gets the full-data result. These calls are then collective (every rank calls them).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
+
+from ..distributed import World, all_reduce_sum, shard_range
 
 logger = logging.get_logger(__name__)
 
@@ -178,12 +185,19 @@ def hvp(
     return flatten_tensors(out) if flat else out
 
 
-def _batches(num_samples: int, batch_size: int) -> list[list[int]]:
+def _batches(num_samples: int, batch_size: int, world: World | None = None) -> list[list[int]]:
+    """Batches of sample indices: all of them, or with a `world` of several processes this rank's shard only."""
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}.")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    return [list(range(s, min(s + batch_size, num_samples))) for s in range(0, num_samples, batch_size)]
+    rows = shard_range(num_samples, world) if world is not None else range(num_samples)
+    return [list(range(s, min(s + batch_size, rows.stop))) for s in range(rows.start, rows.stop, batch_size)]
+
+
+def _reduced(total: torch.Tensor, world: World | None) -> torch.Tensor:
+    """The sum over ranks of each rank's partial (already ``1/n``-weighted) full-data sum."""
+    return total if world is None else all_reduce_sum(total, world)
 
 
 def mean_gradient(
@@ -192,6 +206,7 @@ def mean_gradient(
     num_samples: int,
     batch_size: int = 64,
     progress: bool = False,
+    world: World | None = None,
 ) -> torch.Tensor:
     """The gradient of the mean loss over all ``num_samples`` samples, ``(1/n) sum_i dL(s_i)``, as a flat vector.
 
@@ -201,10 +216,10 @@ def mean_gradient(
     """
     params = _check_params(params)
     total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    for idx in tqdm(_batches(num_samples, batch_size), desc="mean gradient", disable=not progress):
+    for idx in tqdm(_batches(num_samples, batch_size, world), desc="mean gradient", disable=not progress):
         grads = _grads(loss_fn(idx), params, create_graph=False)
         total += flatten_tensors(grads).detach() * (len(idx) / num_samples)
-    return total
+    return _reduced(total, world)
 
 
 def full_data_hvp(
@@ -213,12 +228,13 @@ def full_data_hvp(
     v: torch.Tensor,
     num_samples: int,
     batch_size: int = 64,
+    world: World | None = None,
 ) -> torch.Tensor:
     """``H v`` for the Hessian of the mean loss over all samples (one pass over the data, batches weighted by size)."""
     out = torch.zeros_like(v)
-    for idx in _batches(num_samples, batch_size):
+    for idx in _batches(num_samples, batch_size, world):
         out += hvp(lambda idx=idx: loss_fn(idx), params, v) * (len(idx) / num_samples)
-    return out
+    return _reduced(out, world)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -349,6 +365,7 @@ def conjugate_gradient_inverse_hvp(
     tol: float = 1e-6,
     progress: bool = True,
     return_info: bool = False,
+    world: World | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, InverseHVPInfo]:
     """Solve ``(H + damping I) x = v`` by conjugate gradient with full-data Hessian-vector products.
 
@@ -367,6 +384,7 @@ def conjugate_gradient_inverse_hvp(
         tol (`float`, defaults to 1e-6): stop when ``||r|| / ||v|| < tol``.
         progress (`bool`, defaults to `True`): show a progress bar.
         return_info (`bool`, defaults to `False`): also return an `InverseHVPInfo`.
+        world (`World`, *optional*): shard each full-data pass over the ranks and all-reduce it (collective).
 
     Returns:
         `torch.Tensor` (flat), or ``(tensor, InverseHVPInfo)`` with ``return_info=True``.
@@ -378,7 +396,7 @@ def conjugate_gradient_inverse_hvp(
     max_iterations = max_iterations or v.numel()
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        return full_data_hvp(loss_fn, params, x, num_samples, batch_size) + damping * x
+        return full_data_hvp(loss_fn, params, x, num_samples, batch_size, world) + damping * x
 
     x = torch.zeros_like(v)
     r = v.clone()
@@ -428,6 +446,7 @@ def damped_hessian(
     batch_size: int = 64,
     max_params: int = 10_000,
     progress: bool = True,
+    world: World | None = None,
 ) -> torch.Tensor:
     """The full-data Hessian ``H + damping I`` over ``params`` as a dense float64 ``P x P`` matrix (symmetrised).
 
@@ -444,7 +463,7 @@ def damped_hessian(
         )
     hessian = torch.zeros(size, size, dtype=torch.float64, device=params[0].device)
     chunk = min(size, 256)
-    for idx in tqdm(_batches(num_samples, batch_size), desc="exact Hessian", disable=not progress):
+    for idx in tqdm(_batches(num_samples, batch_size, world), desc="exact Hessian", disable=not progress):
         flat_grad = flatten_tensors(_grads(loss_fn(idx), params, create_graph=True))
         weight = len(idx) / num_samples
         if not flat_grad.requires_grad:  # gradient constant in params: zero Hessian contribution
@@ -467,6 +486,7 @@ def damped_hessian(
                     for e in eye
                 ])
             hessian[start:stop] += block.double() * weight
+    hessian = _reduced(hessian, world)
     hessian = 0.5 * (hessian + hessian.T)
     if damping:
         hessian += damping * torch.eye(size, dtype=hessian.dtype, device=hessian.device)
@@ -484,6 +504,7 @@ def exact_inverse_hvp(
     max_params: int = 10_000,
     progress: bool = True,
     return_info: bool = False,
+    world: World | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, InverseHVPInfo]:
     """Solve ``(H + damping I) x = v`` exactly: build the damped full-data Hessian, solve in float64.
 
@@ -495,7 +516,7 @@ def exact_inverse_hvp(
         `torch.Tensor` (flat, in ``v``'s dtype), or ``(tensor, InverseHVPInfo)`` with ``return_info=True``.
     """
     matrix = damped_hessian(loss_fn, params, num_samples, damping=damping, batch_size=batch_size,
-                            max_params=max_params, progress=progress)
+                            max_params=max_params, progress=progress, world=world)
     eigenvalues = torch.linalg.eigvalsh(matrix) - damping
     try:
         solution = torch.linalg.solve(matrix, v.detach().to(torch.float64))

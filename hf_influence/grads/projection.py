@@ -27,6 +27,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..data import EXAMPLE_ID_COLUMN
+from ..distributed import World, barrier, broadcast_object, current_world, shard_range
 from ..store import atomic_write_bytes
 from .core import ParamSpec, collate_for_gradients, scoring_mode, select_parameters
 from .ghost import _HookEngine, _Layer, build_plan, run_frozen_backward
@@ -172,6 +173,7 @@ def write_projected_gradients(
     label_column: str = "label",
     example_id_column: str = EXAMPLE_ID_COLUMN,
     resume: bool = True,
+    shard: bool | None = None,
 ) -> Path:
     """Write projected per-example gradients of a tokenized dataset to `path/features.npy` in chunks, with metadata.
 
@@ -199,6 +201,12 @@ def write_projected_gradients(
         tokenizer, pad_token_id: padding id source (else the model config's pad id, else 0).
         resume (`bool`, defaults to `True`): continue (or skip) a matching interrupted (or finished) run in `path`;
             `False` always starts over.
+        shard (`bool`, *optional*): inside an `accelerate launch` / `torchrun` job (default `None`: whenever a
+            process group of several processes is initialised) each rank computes the rows of its contiguous shard
+            and writes them into the shared `features.npy` (one node, one file system); rank 0 creates the folder's
+            files and finishes it. A collective call: call it on every rank, with the same `path`. A finished folder
+            is skipped as in one process, but an interrupted multi-process run starts over (progress is counted per
+            process only in a single-process run). `False`: this process writes every row.
 
     Returns:
         `Path`: the output folder.
@@ -219,27 +227,48 @@ def write_projected_gradients(
                  "num_rows": num_rows, "dataset_fingerprint": dataset_fingerprint(dataset),
                  "model_fingerprint": model_fingerprint(model)}
     signature = json.loads(json.dumps(signature))  # as it reads back from disk (tuples become lists)
-    start = _rows_already_written(out_dir, signature) if resume else 0
+    world = current_world() if shard is not False else World()
+    start = _rows_already_written(out_dir, signature) if resume and world.is_main else 0
+    if world.is_distributed:  # rank 0 decides; an unfinished folder is started over by all ranks together
+        start = broadcast_object(start, world)
+        start = num_rows if start == num_rows else 0
     if start == num_rows:
         logger.info(f"{out_dir} already holds these projected gradients; nothing to do (resume=False rewrites).")
         return out_dir
-    (out_dir / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until the end
-    mode = "r+" if start else "w+"
-    features = np.lib.format.open_memmap(out_dir / "features.npy", mode=mode, dtype=dtype,
-                                         shape=(num_rows, projector.feature_dim))
+    shape = (num_rows, projector.feature_dim)
+    if world.is_main:
+        (out_dir / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until the end
+        features = np.lib.format.open_memmap(out_dir / "features.npy", mode="r+" if start else "w+", dtype=dtype,
+                                             shape=shape)
+    barrier(world)  # the file exists at its full size before the other ranks open it
+    if not world.is_main:
+        features = np.lib.format.open_memmap(out_dir / "features.npy", mode="r+")
+    rows = shard_range(num_rows, world)
     if start:
         logger.info(f"Continuing the projected gradients in {out_dir} after row {start} of {num_rows}.")
     if pad_token_id is None and tokenizer is None:
         pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
-    for begin in tqdm(range(start, num_rows, batch_size), desc="Projected gradients", unit="batch"):
-        rows = dataset[begin : begin + batch_size]
-        batch = collate_for_gradients(rows, tokenizer=tokenizer, pad_token_id=pad_token_id or 0,
-                                      label_column=label_column)
+    desc = "Projected gradients" + (f" [rank {world.rank}/{world.size}]" if world.is_distributed else "")
+    for begin in tqdm(range(rows.start + start, rows.stop, batch_size), desc=desc, unit="batch"):
+        batch = collate_for_gradients(dataset[begin : min(begin + batch_size, rows.stop)], tokenizer=tokenizer,
+                                      pad_token_id=pad_token_id or 0, label_column=label_column)
         values = projected_gradients(model, batch, projector, task=task)
         features[begin : begin + values.shape[0]] = values.cpu().numpy().astype(dtype)
         features.flush()
-        _write_json(out_dir / PROGRESS_FILE, {**signature, "rows_done": begin + values.shape[0]})
+        if not world.is_distributed:
+            _write_json(out_dir / PROGRESS_FILE, {**signature, "rows_done": begin + values.shape[0]})
     del features
+    barrier(world)  # every rank's rows are on disk
+    if world.is_main:
+        _finish_folder(out_dir, dataset, projector, model, signature, example_id_column)
+    barrier(world)  # the folder is complete when any rank returns
+    return out_dir
+
+
+def _finish_folder(out_dir: Path, dataset: Any, projector: GradientProjector, model: nn.Module,
+                   signature: dict[str, Any], example_id_column: str) -> None:
+    """Write `example_ids.npy` and `meta.json` (which marks the folder complete) and drop the progress file."""
+    num_rows, dtype, task = signature["num_rows"], signature["dtype"], signature["task"]
     if example_id_column in dataset.column_names:
         ids = np.asarray(list(dataset[example_id_column]), dtype=np.int64)
     else:
@@ -250,7 +279,6 @@ def write_projected_gradients(
             "model_class": type(model).__name__, "signature": signature}
     _write_json(out_dir / "meta.json", meta)
     (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    return out_dir
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..distributed import current_world
 from ..polarity import POLARITIES, score_feature
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -382,7 +383,14 @@ class Scorer:
         batch_size (`int`, defaults to 32): rows per `map` batch (and per forward pass).
         label_column (`str`, defaults to `"label"`): gold labels, for scorers that need them.
         device (`str` or `torch.device`, *optional*): defaults to CUDA when available, else CPU. With `num_proc`
-            and several GPUs, process `rank` uses `cuda:<rank % device_count>`.
+            (or `num_gpus`) and several GPUs, map process `rank` uses `cuda:<rank % device_count>`; in a
+            multi-process job, rank `r` uses `cuda:<LOCAL_RANK>`.
+        shard (`bool`, *optional*): inside an `accelerate launch` / `torchrun` job (an initialised
+            `torch.distributed` process group of several processes), score only this rank's contiguous shard and
+            gather the column, so every rank returns the same scored dataset (see `hf_influence.scorers.sharding`).
+            The call is then collective: **call the scorer on every rank**. Default (`None`): shard whenever such a
+            process group exists (scorers that run no model, `shard_across_processes = False`, never shard);
+            `False`: score the whole dataset in this process (e.g. a call made on the main process only).
 
     Example:
         ```python
@@ -403,6 +411,9 @@ class Scorer:
 
     #: Config keys that cannot change the scores and are left out of the cache fingerprint.
     fingerprint_exclude: ClassVar[tuple[str, ...]] = ("batch_size", "device")
+    #: Whether a call inside a multi-process job splits the rows over the ranks (scorers that run a model do; cheap
+    #: joins of precomputed values do not, and may then be called on any subset of ranks).
+    shard_across_processes: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -411,6 +422,7 @@ class Scorer:
         batch_size: int = 32,
         label_column: str = "label",
         device: str | Any | None = None,
+        shard: bool | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -421,6 +433,7 @@ class Scorer:
         self.label_column = label_column
         self._requested_device = device
         self._active_device: Any = None
+        self.shard = shard
 
     # ---- configuration -------------------------------------------------------------------------------------------
 
@@ -507,11 +520,19 @@ class Scorer:
         features[self.column] = score_feature(self.polarity)  # the polarity travels with the column
         return features
 
-    def __call__(self, dataset: datasets.Dataset, **map_kwargs: Any) -> datasets.Dataset:
+    def __call__(self, dataset: datasets.Dataset, num_gpus: int | str | None = None, **map_kwargs: Any
+                 ) -> datasets.Dataset:
         """Add the score column to `dataset` (an existing column of that name is overwritten).
+
+        Inside an `accelerate launch` / `torchrun` job the call is sharded over the ranks (see `shard`): call it on
+        every rank; each scores its share on its own device and all return the same dataset. The `datasets` cache
+        is shared with single-process calls (same fingerprint) and written by rank 0 only.
 
         Args:
             dataset (`datasets.Dataset`): the dataset to score.
+            num_gpus (`int` or `"all"`, *optional*): in a plain `python` process, score on this many local GPUs at
+                once: `datasets`' `map(num_proc=num_gpus, with_rank=True)`, map process `rank` on `cuda:<rank>`.
+                Opt-in; keep the model on CPU until the call (each process moves its copy to its GPU).
             **map_kwargs: passed to `Dataset.map` (e.g. `num_proc`, `cache_file_name`, `load_from_cache_file`,
                 `keep_in_memory`). `batched`, `batch_size`, `features`, `new_fingerprint`, `with_rank` and
                 `function` are set by the scorer; `desc` may be overridden.
@@ -520,9 +541,9 @@ class Scorer:
             `datasets.Dataset`: the dataset with one more float32 column.
 
         Note:
-            With `num_proc > 1` on GPUs, keep the model on CPU until the call (the scorer moves it to
-            `cuda:<rank>` inside each process) and use the "spawn" start method
-            (`multiprocess.set_start_method("spawn")`) so CUDA is not initialised before forking.
+            With `num_proc > 1` (or `num_gpus`) on GPUs, keep the model on CPU until the call (the scorer moves it
+            to `cuda:<rank>` inside each process), or use the "spawn" start method
+            (`multiprocess.set_start_method("spawn")`) if CUDA was initialised before the call.
         """
         reserved = {
             "function", "batched", "batch_size", "features", "new_fingerprint", "with_rank", "with_indices",
@@ -540,6 +561,13 @@ class Scorer:
                 "split: DatasetDict({name: scorer(split) for name, split in dataset_dict.items()})."
             )
         self.validate(dataset)
+        from . import sharding
+
+        if num_gpus is not None:
+            map_kwargs["num_proc"] = sharding.resolve_num_gpus(num_gpus, map_kwargs, current_world())
+        world = sharding.scorer_world(self)
+        if world.is_distributed:
+            return sharding.sharded_call(self, dataset, world, map_kwargs)
         return dataset.map(
             self._map_fn,
             batched=True,

@@ -108,6 +108,7 @@ class DynamicsScorer(Scorer):
     polarity = "higher_is_harder"
     definition = "training-dynamics summary columns joined by example_id (see card_entries() per column)"
     paper = "SignalStore summary: Toneva et al. 2019; Pleiss et al. 2020; Swayamdipta et al. 2020; Paul et al. 2021"
+    shard_across_processes = False  # a join of precomputed values: nothing to split over the ranks of a job
 
     def __init__(
         self,

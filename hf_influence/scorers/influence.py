@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..distributed import World, broadcast_object
 from ..grads.hvp import (
     InverseHVPInfo,
     conjugate_gradient_inverse_hvp,
@@ -36,6 +37,7 @@ from ..grads.hvp import (
     unflatten_vector,
 )
 from .base import Scorer, dataset_fingerprint, model_fingerprint, register_scorer
+from .sharding import scorer_world, use_rank_device
 
 logger = logging.get_logger(__name__)
 
@@ -336,6 +338,11 @@ class InfluenceScorer(Scorer):
     def fit(self, train_dataset: Any = None) -> InfluenceScorer:
         """Compute ``v`` (mean gradient) and ``u = H^{-1} v`` on the training set (once).
 
+        In a multi-process job (see `Scorer`'s `shard`) this is a collective call: each rank sums its shard's
+        ``len(batch)/n``-weighted gradients (and, for CG and the exact solver, Hessian products / Hessian rows) and
+        the partial sums are all-reduced; LiSSA's sequential recursion runs on rank 0 and ``u`` is broadcast, so
+        every rank holds the same ``v`` and ``u``.
+
         Args:
             train_dataset (`datasets.Dataset`, *optional*): defaults to the one given at construction.
 
@@ -348,35 +355,50 @@ class InfluenceScorer(Scorer):
         if len(dataset) == 0:
             raise ValueError("The training dataset is empty: the mean gradient and Hessian are undefined.")
         self.train_dataset = dataset
+        world = scorer_world(self)
+        use_rank_device(self, world)
         self.model.to(self.device)
+        reduce_over = world if world.is_distributed else None
         n = len(dataset)
         loss_fn = self._loss_on(dataset)
         with only_scope_requires_grad(self.model, self.scope_names) as params:
             logger.info("Influence: scope %s (%d parameters), solver %s, n=%d", self.scope_names,
                         sum(p.numel() for p in params), self.solver, n)
-            v = mean_gradient(loss_fn, params, n, batch_size=self.hvp_batch_size, progress=self.progress)
+            v = mean_gradient(loss_fn, params, n, batch_size=self.hvp_batch_size, progress=self.progress,
+                              world=reduce_over)
             effective = self.damping * self.scale
             factor = 1.0 if self.divide_by_scale else self.scale
             if self.solver == "lissa":
-                u, info = lissa_inverse_hvp(
-                    loss_fn, params, v, n, damping=self.damping, scale=self.scale, depth=self.depth,
-                    repeats=self.repeats, batch_size=self.lissa_batch_size, seed=self.seed,
-                    divide_by_scale=self.divide_by_scale, progress=self.progress, return_info=True,
-                )
+                u, info = self._lissa(loss_fn, params, v, n, world)
             elif self.solver == "cg":
                 u, info = conjugate_gradient_inverse_hvp(
                     loss_fn, params, v, n, damping=effective, batch_size=self.hvp_batch_size,
                     max_iterations=self.cg_max_iterations, tol=self.cg_tol, progress=self.progress,
-                    return_info=True,
+                    return_info=True, world=reduce_over,
                 )
                 u, info.output_factor = u * factor, factor
             else:
                 u, info = exact_inverse_hvp(loss_fn, params, v, n, damping=effective,
-                                            batch_size=self.hvp_batch_size, progress=self.progress, return_info=True)
+                                            batch_size=self.hvp_batch_size, progress=self.progress, return_info=True,
+                                            world=reduce_over)
                 u, info.output_factor = u * factor, factor
         self.mean_gradient, self.inverse_hvp, self.solver_info = v, u, info
         self._train_fingerprint = dataset_fingerprint(dataset) if hasattr(dataset, "_fingerprint") else None
         return self
+
+    def _lissa(self, loss_fn: Any, params: list[torch.Tensor], v: torch.Tensor, n: int, world: World
+               ) -> tuple[torch.Tensor, InverseHVPInfo]:
+        """LiSSA (a sequential recursion over sampled mini-batches): on rank 0, broadcast to the other ranks."""
+        result = None
+        if world.is_main:
+            u, info = lissa_inverse_hvp(
+                loss_fn, params, v, n, damping=self.damping, scale=self.scale, depth=self.depth,
+                repeats=self.repeats, batch_size=self.lissa_batch_size, seed=self.seed,
+                divide_by_scale=self.divide_by_scale, progress=self.progress, return_info=True,
+            )
+            result = (u.cpu(), info)
+        u, info = broadcast_object(result, world)
+        return u.to(v.device), info
 
     # ---- scoring -----------------------------------------------------------------------------------------------
 

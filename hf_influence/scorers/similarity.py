@@ -53,6 +53,7 @@ class GradientSimilarityScorer(Scorer):
     definition = "mean over query examples j of sum_c eta_c <g_i^c, q_j^c> (projected per-example gradients)"
     paper = ("Pruthi et al. Estimating Training Data Influence by Tracing Gradient Descent. NeurIPS 2020 (TracInCP); "
              "cosine form: Xia et al. LESS. ICML 2024")
+    shard_across_processes = False  # a join of precomputed values: nothing to split over the ranks of a job
 
     def __init__(
         self,

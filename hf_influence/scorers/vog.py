@@ -34,6 +34,7 @@ from ..grads.input_grads import INPUT_GRADIENT_TARGETS
 from ..normalization import class_zscore, dataset_zscore
 from .base import load_checkpoint, register_scorer
 from .model_outputs import ModelOutputScorer
+from .sharding import scorer_world, sharded_values
 
 logger = logging.get_logger(__name__)
 
@@ -150,14 +151,15 @@ class VoGScorer(ModelOutputScorer):
 
     def __call__(self, dataset: Any, **map_kwargs: Any) -> Any:
         """Add the VoG column (raw per-example values via `map`, or via the streaming pass; then normalised)."""
-        import datasets
+        from ..polarity import score_feature
 
         if self.stream_checkpoints:
             self.validate(dataset)
             if map_kwargs:
                 logger.warning(f"stream_checkpoints=True ignores map arguments {sorted(map_kwargs)}.")
-            scored = dataset.add_column(self.column, self._stream_scores(dataset).astype(np.float32),
-                                        feature=datasets.Value("float32"))
+            world = scorer_world(self)  # in a multi-process job: each rank streams its shard, then all gather
+            raw = sharded_values(self, len(dataset), lambda rows: self._stream_scores(dataset.select(rows)), world)
+            scored = dataset.add_column(self.column, raw.astype(np.float32), feature=score_feature(self.polarity))
         else:
             scored = super().__call__(dataset, **map_kwargs)
         if self.normalization is None:
@@ -171,7 +173,7 @@ class VoGScorer(ModelOutputScorer):
         else:
             normalized[keep] = dataset_zscore(values[keep])
         return scored.remove_columns(self.column).add_column(
-            self.column, normalized.astype(np.float32), feature=datasets.Value("float32")
+            self.column, normalized.astype(np.float32), feature=score_feature(self.polarity)
         )
 
     def _stream_scores(self, dataset: Any) -> np.ndarray:
