@@ -178,3 +178,16 @@ def hand_signals(logits: torch.Tensor, gold: int) -> dict[str, float]:
 def count_sync_ops(fn, ops=SYNC_OPS) -> int:
     """Number of aten ops whose result needs a device-to-host copy (on a GPU they stall the launch queue)."""
     return count_ops(fn, sync_ops=ops)[1]
+
+
+def eager_graph_steps(monkeypatch) -> None:
+    """Make every `NormsGraphCache` created from now on (in this test) run its static steps eagerly instead of
+    capturing CUDA graphs (`capture=False`), so that `cuda_graph=True` code paths run without a GPU."""
+    from hf_influence.grads.graphs import NormsGraphCache
+
+    original = NormsGraphCache.__init__
+
+    def without_capture(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "capture": False})
+
+    monkeypatch.setattr(NormsGraphCache, "__init__", without_capture)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..tasks import TASKS
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
     import torch
@@ -32,7 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.get_logger(__name__)
 
 POLARITIES: tuple[str, ...] = ("higher_is_harder", "higher_is_easier")
-TASKS: tuple[str, ...] = ("sequence_classification", "causal_lm")
 
 
 # ----------------------------------------------------------------------------------------------------------------
