@@ -193,7 +193,6 @@ class LayerRule:
     """How one kind of layer turns its input and output gradient into per-example squared gradient norms.
 
     Class attributes:
-        kind (`str`): a short name for messages.
         parameters (`frozenset[str]`): the parameter attributes the rule covers (others go to the `torch.func`
             fallback).
         shares_input_gram (`bool`): the weight term may use an input Gram matrix shared with other layers reading the
@@ -201,7 +200,6 @@ class LayerRule:
         ties_with_embedding (`bool`): the layer may be an output head tied to an input embedding.
     """
 
-    kind: ClassVar[str] = ""
     parameters: ClassVar[frozenset[str]] = frozenset()
     shares_input_gram: ClassVar[bool] = False
     ties_with_embedding: ClassVar[bool] = False
@@ -220,7 +218,6 @@ class LayerRule:
 class LinearRule(LayerRule):
     """`nn.Linear`: Gram form or instantiated weight gradients (`linear_sq_norms_into`), bias folded in or apart."""
 
-    kind = "linear"
     parameters = frozenset({"weight", "bias"})
     shares_input_gram = True
     ties_with_embedding = True
@@ -243,7 +240,6 @@ class LinearRule(LayerRule):
 class Conv1DRule(LinearRule):
     """transformers' GPT-2 style `Conv1D` (a Linear layer whose weight is stored `[in, out]`)."""
 
-    kind = "conv1d"
     ties_with_embedding = False
 
     def matches(self, module: nn.Module) -> bool:
@@ -256,7 +252,6 @@ class Conv1DRule(LinearRule):
 class EmbeddingRule(LayerRule):
     """`nn.Embedding`: `sum_v ||sum_{t: x_it = v} b_it||^2` (`embedding_sq_norms_into`)."""
 
-    kind = "embedding"
     parameters = frozenset({"weight"})
 
     def matches(self, module: nn.Module) -> bool:
@@ -296,7 +291,6 @@ class _NormalizationRule(LayerRule):
 class LayerNormRule(_NormalizationRule):
     """`nn.LayerNorm`: `xhat = (x - mean) / sqrt(var + eps)`."""
 
-    kind = "layernorm"
     parameters = frozenset({"weight", "bias"})
 
     def matches(self, module: nn.Module) -> bool:
@@ -319,7 +313,6 @@ class RMSNormRule(_NormalizationRule):
     `weight` and an epsilon attribute (Llama, Mistral, Qwen2, ...; the Gemma `1 + weight` form has the same weight
     gradient)."""
 
-    kind = "rmsnorm"
     parameters = frozenset({"weight"})
 
     def matches(self, module: nn.Module) -> bool:
@@ -356,10 +349,6 @@ class HookedLayer:
     weight: bool = False
     bias: bool = False
     tied: HookedLayer | None = field(default=None, repr=False)
-
-    @property
-    def kind(self) -> str:
-        return self.rule.kind
 
     def selected_parameters(self) -> list[nn.Parameter]:
         """The selected parameters this layer computes norms for (its weight and/or bias)."""

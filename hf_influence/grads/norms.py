@@ -111,6 +111,7 @@ class PerExampleGradNorms:
 
     @property
     def cuda_graph(self) -> bool:
+        """Whether the step is captured and replayed as CUDA graphs."""
         return self._graphs is not None
 
     def eager_step(
