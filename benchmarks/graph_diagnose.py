@@ -81,7 +81,7 @@ def diagnose(name: str, device: str, batch: int, seq: int) -> dict[str, str]:
     probe._graphs.capture = False
     probe(batches[0])  # first batch: eager reference, picks the mask causality
     inputs = {k: v for k, v in batches[1].items() if k != "labels"}
-    step = StaticNormsStep(probe, inputs, batches[1]["labels"], probe._graphs.causal, capture=False)
+    step = StaticNormsStep(probe.eager_step, inputs, batches[1]["labels"], probe._graphs.causal, capture=False)
     try:
         if device.startswith("cuda"):
             torch.cuda.set_sync_debug_mode("error")

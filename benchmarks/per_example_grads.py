@@ -55,7 +55,7 @@ from hf_influence.grads import (
     select_parameters,
 )
 from hf_influence.grads.core import prepare_batch, scoring_mode
-from hf_influence.grads.ghost import fallback_sq_norms
+from hf_influence.grads.fallback import fallback_sq_norms
 from hf_influence.op_counts import count_ops
 
 

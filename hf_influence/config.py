@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .data import EXAMPLE_ID_COLUMN
+from .tasks import AUTO_TASK, TASKS
 
-TASKS: tuple[str, ...] = ("auto", "sequence_classification", "causal_lm")
+#: The values `ScoringConfig.task` accepts: detection from the model class, or one of `TASKS`.
+TASK_CHOICES: tuple[str, ...] = (AUTO_TASK, *TASKS)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class ScoringConfig(TrainingArguments):
     )
     task: str = field(
         default="auto",
-        metadata={"help": "Task whose signals are recorded.", "choices": list(TASKS)},
+        metadata={"help": "Task whose signals are recorded.", "choices": list(TASK_CHOICES)},
     )
     record_signals: bool = field(
         default=True, metadata={"help": "Record per-example signals from the training forward pass."}
@@ -105,8 +107,9 @@ def validate_scoring_options(options) -> None:
     Raises:
         ValueError: naming the bad value and the valid ones.
     """
-    if options.task not in TASKS:
-        raise ValueError(f"task={options.task!r} is not supported; choose one of {', '.join(map(repr, TASKS))}.")
+    if options.task not in TASK_CHOICES:
+        raise ValueError(f"task={options.task!r} is not supported; choose one of "
+                         f"{', '.join(map(repr, TASK_CHOICES))}.")
     if not isinstance(options.example_id_column, str) or not options.example_id_column:
         raise ValueError(f"example_id_column must be a non-empty column name, got {options.example_id_column!r}.")
     for name in ("dense_eval_steps", "dense_eval_max_epoch"):

@@ -90,9 +90,9 @@ def _record_polarities(dataset_dict: Any, entries: Sequence[Mapping[str, Any]]) 
 def _summary_frame(summary: Any) -> Any:
     if summary is None:
         return None
-    from .plots import _as_frame
+    from .plots import as_frame
 
-    frame = _as_frame(summary, "summary")
+    frame = as_frame(summary, "summary")
     missing = [c for c in (*DATA_MAP_COLUMNS, "correctness") if c not in frame.columns]
     if missing:
         raise ValueError(

@@ -23,9 +23,13 @@ logger = logging.get_logger(__name__)
 DATA_MAP_COLUMNS = ("variability", "confidence")
 
 
-def _as_frame(data: Any, what: str = "data") -> pd.DataFrame:
+def as_frame(data: Any, what: str = "data") -> pd.DataFrame:
     """Turn a pandas DataFrame, a `datasets.Dataset`, a SignalStore (``.summary()``) or a dict of columns into a
-    DataFrame."""
+    DataFrame (`what` names the argument in the error).
+
+    Raises:
+        TypeError: for any other type.
+    """
     if isinstance(data, pd.DataFrame):
         return data
     if hasattr(data, "summary") and callable(data.summary):
@@ -86,7 +90,7 @@ def data_map_figure(
     Returns:
         `matplotlib.figure.Figure`: the figure; its first axes holds one scatter collection with the drawn points.
     """
-    frame = _as_frame(summary, "summary")
+    frame = as_frame(summary, "summary")
     _require_columns(frame, [*DATA_MAP_COLUMNS, hue], "plot_data_map")
     if max_points is not None and max_points < 1:
         raise ValueError(f"max_points must be a positive int or None, got {max_points}.")
@@ -174,7 +178,7 @@ def score_histograms_figure(
     Returns:
         `matplotlib.figure.Figure`
     """
-    frame = _as_frame(frame, "frame")
+    frame = as_frame(frame, "frame")
     columns = [columns] if isinstance(columns, str) else list(columns)
     if not columns:
         raise ValueError("plot_score_histograms needs at least one score column in `columns`.")
@@ -269,7 +273,7 @@ def accuracy_vs_fraction_figure(
     """
     if interval not in ("std", "ci"):
         raise ValueError(f"interval must be 'std' or 'ci', got {interval!r}.")
-    frame = _as_frame(results, "results")
+    frame = as_frame(results, "results")
     _require_columns(frame, [method_column, fraction_column, metric_column], "plot_accuracy_vs_fraction")
     if frame.empty:
         raise ValueError("plot_accuracy_vs_fraction got an empty results table: run at least one recipe first.")

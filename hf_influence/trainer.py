@@ -17,15 +17,16 @@ import time
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .config import ScoringOptions
 from .data import ExampleIdCollator, add_example_ids, validate_class_labels
-from .signals import SIGNAL_NAMES, causal_lm_signals, token_signals
-from .store import DENSE, PRESENTATIONS, SignalStore
+from .recorder import SignalRecorder
+from .signals import SIGNAL_NAMES
+from .store import SignalStore
+from .tasks import resolve_task, unwrap_model
 
 logger = logging.get_logger(__name__)
 
@@ -36,55 +37,18 @@ _RESUME_CONFIG_KEYS: tuple[str, ...] = (
     "train_sampling_strategy",
 )
 _PACKED_BATCH_KEYS: tuple[str, ...] = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens", "seq_idx")
-#: Classification logits are kept per step and turned into signals in one batch (at a flush, or once this many bytes
-#: of logits are waiting): a training step then launches no signal kernels, which matters on launch-bound GPUs.
-_DEFERRED_LOGITS_BYTES = 64 * 2**20
-
-
-def _unwrap_peft(model):
-    if hasattr(model, "get_base_model"):
-        try:
-            return model.get_base_model()
-        except Exception:  # noqa: BLE001 - PeftMixedModel and friends
-            pass
-    return model
-
-
-def resolve_task(model, task: str = "auto") -> str:
-    """`"sequence_classification"` or `"causal_lm"` for `model` (a `PreTrainedModel`, possibly PEFT-wrapped).
+def check_single_label(model) -> None:
+    """Refuse a classifier configured for regression or multi-label classification (one class id per example only).
 
     Raises:
-        ValueError: if `task="auto"` and the model class is neither, or the classifier is not single-label.
+        ValueError: naming the model's `problem_type`.
     """
-    base = _unwrap_peft(model)
-    name = type(base).__name__
-    if task == "auto":
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-        lineage = [cls.__name__ for cls in type(base).__mro__]  # user subclasses inherit the task of their base
-        if any(n.endswith("ForSequenceClassification") for n in lineage):
-            task = "sequence_classification"
-        elif any(n.endswith("ForCausalLM") or n.endswith("LMHeadModel") or n in causal_names for n in lineage):
-            task = "causal_lm"
-        else:
-            raise ValueError(
-                f"Cannot detect the task of a {name}: ScoringTrainer records signals for '*ForSequenceClassification' "
-                "and causal language models. Set task='sequence_classification' or task='causal_lm' in ScoringConfig."
-            )
-    if task == "sequence_classification":
-        problem_type = getattr(getattr(base, "config", None), "problem_type", None)
-        if problem_type in ("regression", "multi_label_classification"):
-            raise ValueError(
-                f"The model's problem_type is {problem_type!r}; ScoringTrainer records signals for single-label "
-                "classification only (one integer class per example)."
-            )
-    return task
-
-
-def _signal_matrix(signals: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The signals as a float32 `[batch, len(SIGNAL_NAMES)]` matrix, columns in `SIGNAL_NAMES` order (as buffered)."""
-    return torch.stack([signals[name].float() for name in SIGNAL_NAMES], dim=1)
+    problem_type = getattr(getattr(unwrap_model(model), "config", None), "problem_type", None)
+    if problem_type in ("regression", "multi_label_classification"):
+        raise ValueError(
+            f"The model's problem_type is {problem_type!r}; ScoringTrainer records signals for single-label "
+            "classification only (one integer class per example)."
+        )
 
 
 class _SignalCallback(TrainerCallback):
@@ -133,10 +97,10 @@ class ScoringMixin:
     With trl's `SFTTrainer`, whose training forward uses a fused LM head that never builds the logits, the logits come
     from trl's own `return_outputs=True` path, which recomputes them with one extra `no_grad` forward per batch.
 
-    After `train()`, `trainer.signal_store` holds the [`SignalStore`].
+    The buffering, gathering, de-duplication and the store's life cycle are a [`SignalRecorder`]'s
+    (`trainer.signal_recorder`, built by `train()`); the mixin wires it into the Trainer's hooks. After `train()`,
+    `trainer.signal_store` holds the [`SignalStore`].
     """
-
-    signal_store: SignalStore | None
 
     def __init__(self, *args, **kwargs):
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
@@ -147,15 +111,13 @@ class ScoringMixin:
             bound.arguments["train_dataset"] = self._with_example_ids(train_dataset, column)
         super().__init__(*bound.args, **bound.kwargs)
         self._scoring = ScoringOptions.from_args(self.args)
-        self.signal_store = None
+        self.signal_recorder: SignalRecorder | None = None
         self._recording = False
-        self._buffers: dict[str, list] = {PRESENTATIONS: [], DENSE: []}
-        self._deferred_bytes = 0
-        self._nan_warned = False
         self._task: str | None = None
         self._store_session: object | None = None
         self._train_session: object | None = None
         self._grad_collector = None
+        self._last_presentation: dict[str, Any] | None = None
         self._dense_dataloader = None
         self._check_collator(self.data_collator)
         if not isinstance(self.data_collator, ExampleIdCollator):
@@ -206,6 +168,8 @@ class ScoringMixin:
         import datasets
 
         self._task = resolve_task(self.model, self._scoring.task)
+        if self._task == "sequence_classification":
+            check_single_label(self.model)
         dataset = self.train_dataset
         if dataset is None:
             return
@@ -228,7 +192,7 @@ class ScoringMixin:
                     f"The training dataset has no label column (looked for 'labels', 'label', 'label_ids'; it has "
                     f"{dataset.column_names}). ScoringTrainer needs the gold class of every example."
                 )
-            num_labels = getattr(_unwrap_peft(self.model).config, "num_labels", None)
+            num_labels = getattr(unwrap_model(self.model).config, "num_labels", None)
             labels = dataset.with_format("numpy")[label_column]
             validate_class_labels(np.asarray(labels), num_labels, label_column)
 
@@ -237,14 +201,25 @@ class ScoringMixin:
         `Trainer.train`; `resume_from_checkpoint` also continues the signal store from that checkpoint."""
         if self._scoring.record_signals:
             self._validate_training_set()
+            if self.signal_recorder is None or self.signal_recorder.task != self._task:
+                from accelerate.utils import gather_object
+
+                self.signal_recorder = SignalRecorder(
+                    self._task, record_grad_norm=self._scoring.record_grad_norm,
+                    gather=gather_object if self.accelerator.num_processes > 1 else None)
             if self._scoring.record_grad_norm:
                 self._make_grad_collector()
         self._train_session = object()
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    @property
+    def signal_store(self) -> SignalStore | None:
+        """The [`SignalStore`] the signals of the last `train()` went to (None before training)."""
+        return self.signal_recorder.store if self.signal_recorder is not None else None
+
     # ------------------------------------------------------------------ store life cycle
     def _store_metadata(self) -> dict[str, Any]:
-        model = _unwrap_peft(self.accelerator.unwrap_model(self.model))
+        model = unwrap_model(self.accelerator.unwrap_model(self.model))
         dataset = self.train_dataset
         try:
             size = len(dataset)
@@ -267,131 +242,25 @@ class ScoringMixin:
 
     def _open_store(self, global_step: int) -> None:
         """Called on train begin (also when `auto_find_batch_size` restarts the loop)."""
-        self._buffers = {PRESENTATIONS: [], DENSE: []}
-        self._deferred_bytes = 0
         self._dense_dataloader = None
         self._recording = self._scoring.record_signals
         if not self._recording:
             return
-        path = self._scoring.resolve_signals_dir(self.args.output_dir)
-        write = self.is_world_process_zero()
-        metadata = self._store_metadata()
-        if self.signal_store is not None and self._store_session is self._train_session:
-            self.signal_store.truncate(global_step)  # the inner loop restarted within this train() call
-            return
-        existing = SignalStore.load(path) if SignalStore.exists(path) else None
-        # every rank has looked at (and read) the folder before the main process changes it
-        self.accelerator.wait_for_everyone()
-        if existing is not None:
-            existing.write = write
-            if global_step > 0:
-                existing.check_compatible(metadata, _RESUME_CONFIG_KEYS)
-                existing.truncate(global_step)
-                store = existing
-                logger.info(f"Continuing the signal store at {path} from step {global_step}.")
-            elif (len(existing) == 0 and len(existing.dense_records()) == 0) or self._scoring.overwrite_signals:
-                existing.clear()
-                store = SignalStore(path, metadata, write=write)
-                store.initialize()
-            else:
-                raise ValueError(
-                    f"{path} already holds a signal store from an earlier run ({len(existing)} presentations). "
-                    "Resume it with trainer.train(resume_from_checkpoint=...), choose another output_dir/signals_dir, "
-                    "or set overwrite_signals=True to replace it."
-                )
-        else:
-            if global_step > 0:
-                logger.warning(f"Resuming from step {global_step} without a signal store at {path}: the signals of "
-                               "the steps before the checkpoint are missing.")
-            store = SignalStore(path, metadata, write=write)
-            store.initialize()
-        self.accelerator.wait_for_everyone()
-        self.signal_store = store
+        self.signal_recorder.open_store(
+            self._scoring.resolve_signals_dir(self.args.output_dir), self._store_metadata(), global_step,
+            write=self.is_world_process_zero(), overwrite=self._scoring.overwrite_signals,
+            resume_keys=_RESUME_CONFIG_KEYS, restarted=self._store_session is self._train_session,
+            barrier=self.accelerator.wait_for_everyone)
         self._store_session = self._train_session
 
     def _flush_signals(self) -> None:
-        """Move the buffered signals to the CPU, gather them over processes and append them to the store."""
-        if not self._recording or self.signal_store is None:
-            return
-        world_size = self.accelerator.num_processes
-        for kind, key in ((PRESENTATIONS, ("example_id", "epoch")), (DENSE, ("example_id", "step"))):
-            frame = self._drain(kind)
-            if world_size > 1:
-                from accelerate.utils import gather_object
-
-                frames = [f for f in gather_object([frame]) if len(f)]
-                frame = pd.concat(frames, ignore_index=True) if frames else frame
-                # DDP's even_batches repeats samples to fill the last batch: keep the first presentation only.
-                frame = frame.sort_values(["step", "example_id"], kind="stable").drop_duplicates(list(key))
-                if len(frame):
-                    seen = self.signal_store.existing_keys(kind, key)
-                    frame = frame[~pd.MultiIndex.from_frame(frame[list(key)]).isin(seen)]
-            if len(frame) and kind == PRESENTATIONS and not self._nan_warned and frame["loss"].isna().any():
-                self._nan_warned = True
-                logger.warning(f"{int(frame['loss'].isna().sum())} presentations have a NaN loss (e.g. example "
-                               f"{int(frame.loc[frame['loss'].isna(), 'example_id'].iloc[0])}); they are recorded as "
-                               "NaN and skipped by the summaries. This warning is shown once.")
-            self.signal_store.append(frame, kind)
-
-    def _materialize_deferred(self) -> None:
-        """Compute the signals of the buffered classification logits, all steps at once."""
-        pending = [entry for entry in self._buffers[PRESENTATIONS] if "logits" in entry]
-        self._deferred_bytes = 0
-        if not pending:
-            return
-        logits = torch.cat([entry.pop("logits") for entry in pending])
-        labels = torch.cat([entry.pop("labels") for entry in pending])
-        signals = token_signals(logits, labels)
-        values = _signal_matrix(signals)
-        for entry, chunk in zip(pending, values.split([entry["ids"].shape[0] for entry in pending])):
-            entry["values"] = chunk
-
-    def _drain(self, kind: str) -> pd.DataFrame:
-        if kind == PRESENTATIONS:
-            self._materialize_deferred()
-        buffer, self._buffers[kind] = self._buffers[kind], []
-        columns = list(SIGNAL_NAMES) + (["grad_norm"] if self._scoring.record_grad_norm and kind == PRESENTATIONS
-                                        else [])
-        if not buffer:
-            return pd.DataFrame({"example_id": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64),
-                                 "step": np.zeros(0, np.int64),
-                                 **{c: np.zeros(0, np.float32) for c in columns}})
-        ids = torch.cat([entry["ids"] for entry in buffer]).cpu().numpy().astype(np.int64)
-        values = torch.cat([entry["values"] for entry in buffer]).cpu().numpy()
-        sizes = [entry["ids"].shape[0] for entry in buffer]
-        frame = pd.DataFrame({
-            "example_id": ids,
-            "epoch": np.repeat([entry["epoch"] for entry in buffer], sizes).astype(np.int64),
-            "step": np.repeat([entry["step"] for entry in buffer], sizes).astype(np.int64),
-        })
-        for j, name in enumerate(SIGNAL_NAMES):
-            frame[name] = values[:, j]
-        if "grad_norm" in columns:
-            norms = [entry.get("grad_norm") for entry in buffer]
-            frame["grad_norm"] = torch.cat([
-                n if n is not None else torch.full((s,), float("nan"), device=entry["ids"].device)
-                for n, s, entry in zip(norms, sizes, buffer)]).float().cpu().numpy()
-        return frame
+        """Hand the buffered signals to the store (gathered over processes); every process calls it."""
+        if self._recording and self.signal_store is not None:
+            self.signal_recorder.flush()
 
     # ------------------------------------------------------------------ signals from the forward pass
     def _current_epoch(self) -> int:
         return int(math.floor(self.state.epoch or 0.0))
-
-    def _signals(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = logits.detach()
-        if self._task == "causal_lm":
-            if logits.dim() != 3:
-                raise ValueError(f"task='causal_lm' expects logits [batch, seq, vocab], got {tuple(logits.shape)}.")
-            return causal_lm_signals(logits, labels, check=False)  # no host sync per step
-        self._check_classification_logits(logits)
-        # labels were range-checked on the dataset before training; token_signals avoids a device sync per step
-        return token_signals(logits, labels)
-
-    @staticmethod
-    def _check_classification_logits(logits: torch.Tensor) -> None:
-        if logits.dim() != 2:
-            raise ValueError(f"task='sequence_classification' expects logits [batch, num_labels], got "
-                             f"{tuple(logits.shape)}. Set task='causal_lm' for language models.")
 
     def _check_batch(self, inputs: dict[str, Any], ids: torch.Tensor) -> torch.Tensor:
         packed = [k for k in _PACKED_BATCH_KEYS if k in inputs]
@@ -434,22 +303,10 @@ class ScoringMixin:
                 f"{type(outputs).__name__} carries no logits: kernels that fuse the LM head and the loss (e.g. "
                 "Liger's fused linear cross-entropy) skip them. Disable them (use_liger_kernel=False)."
             )
-        entry = {"ids": ids.detach().to(logits.device), "step": int(self.state.global_step),
-                 "epoch": self._current_epoch(), "num_tokens": None}
-        if self._task == "causal_lm" or self._grad_collector is not None:
-            signals = self._signals(logits, labels)  # per-token reductions (or the loss the grad norm needs) now
-            entry["values"] = _signal_matrix(signals)
-            entry["num_tokens"] = signals.get("num_tokens")
-        else:
-            self._check_classification_logits(logits)
-            kept = logits.detach()
-            if kept.untyped_storage().nbytes() > kept.numel() * kept.element_size():
-                kept = kept.clone()  # a view into a larger tensor: do not keep that tensor alive
-            entry["logits"], entry["labels"] = kept, labels.detach()
-            self._deferred_bytes += kept.numel() * 4
-        self._buffers[PRESENTATIONS].append(entry)
-        if self._deferred_bytes > _DEFERRED_LOGITS_BYTES:
-            self._materialize_deferred()
+        # the grad norm needs each example's own loss right after this step's backward
+        self._last_presentation = self.signal_recorder.record_presentation(
+            ids, logits, labels, step=self.state.global_step, epoch=self._current_epoch(),
+            immediate=self._grad_collector is not None)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -460,13 +317,8 @@ class ScoringMixin:
 
     # ------------------------------------------------------------------ per-example gradient norms
     def _make_grad_collector(self) -> None:
-        try:
-            from .grads import GhostNormCollector
-        except ImportError as error:
-            raise ImportError(
-                "record_grad_norm=True needs hf_influence.grads.GhostNormCollector, which this installation lacks "
-                f"({error}). Set record_grad_norm=False."
-            ) from error
+        from .grads import GhostNormCollector  # lazily: torch.func and the hook machinery only when asked for
+
         if getattr(self, "label_smoother", None) is not None or self.compute_loss_func is not None:
             raise ValueError("record_grad_norm=True needs the plain cross-entropy loss; it cannot be combined with "
                              "label_smoothing_factor or compute_loss_func.")
@@ -483,12 +335,12 @@ class ScoringMixin:
             column = self._scoring.example_id_column
             self._grad_hooks_checked = self._grad_collector.check_hooks({k: v for k, v in inputs.items()
                                                                          if k != column})
-        before = len(self._buffers[PRESENTATIONS])
+        self._last_presentation = None
         with self._grad_collector:
             loss = super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
-        if len(self._buffers[PRESENTATIONS]) == before:
+        entry = self._last_presentation
+        if entry is None:
             return loss
-        entry = self._buffers[PRESENTATIONS][-1]
         squared = self._grad_collector.squared_norms().detach().float()
         # The backward'd scalar is L = sum_i w_i * loss_i with loss_i the example's own loss (mean over its label
         # tokens for causal LM). Its weights are proportional to 1 (classification: a batch mean) or to the number of
@@ -504,8 +356,9 @@ class ScoringMixin:
         weighted = torch.nansum(weights * own_losses)
         factor = loss.detach().float().to(squared.device) * scale / weighted
         contribution = (weights * factor).abs()
-        entry["grad_norm"] = torch.where(contribution > 0, squared.clamp_min(0).sqrt() / contribution,
-                                         torch.full_like(squared, float("nan")))
+        self.signal_recorder.set_grad_norm(entry, torch.where(contribution > 0,
+                                                              squared.clamp_min(0).sqrt() / contribution,
+                                                              torch.full_like(squared, float("nan"))))
         return loss
 
     # ------------------------------------------------------------------ dense evaluations
@@ -545,10 +398,7 @@ class ScoringMixin:
                 with self.compute_loss_context_manager():
                     outputs = model(**inputs)
                 logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
-                signals = self._signals(logits, labels)
-                values = _signal_matrix(signals)
-                self._buffers[DENSE].append({"ids": ids.to(values.device), "values": values, "step": int(step),
-                                             "epoch": epoch})
+                self.signal_recorder.record_dense(ids, logits, labels, step=step, epoch=epoch)
         finally:
             model.train(was_training)
             torch.set_rng_state(cpu_state)
@@ -575,9 +425,4 @@ class ScoringTrainer(ScoringMixin, Trainer):
     """
 
 
-def signals_dir_of(args) -> str:
-    """The folder of the signal store of a run with training arguments `args`."""
-    return ScoringOptions.from_args(args).resolve_signals_dir(getattr(args, "output_dir", None))
-
-
-__all__ = ["ScoringMixin", "ScoringTrainer", "resolve_task", "signals_dir_of"]
+__all__ = ["ScoringMixin", "ScoringTrainer"]

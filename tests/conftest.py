@@ -211,3 +211,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def eager_graph_steps(monkeypatch) -> None:
+    """Make every `NormsGraphCache` created from now on (in this test) run its static steps eagerly instead of
+    capturing CUDA graphs (`capture=False`), so that `cuda_graph=True` code paths run without a GPU."""
+    from hf_influence.grads.graphs import NormsGraphCache
+
+    original = NormsGraphCache.__init__
+
+    def without_capture(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "capture": False})
+
+    monkeypatch.setattr(NormsGraphCache, "__init__", without_capture)

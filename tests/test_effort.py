@@ -75,9 +75,9 @@ def test_effort_full_prompt_matches_naive_loop():
 
 def test_effort_with_cuda_graph_steps_matches_naive_loop(monkeypatch):
     """cuda_graph=True (static steps run eagerly here, no GPU): padded to 64 tokens, same norms as the naive loop."""
-    from hf_influence.grads.graphs import NormsGraphCache
+    from conftest import eager_graph_steps
 
-    monkeypatch.setattr(NormsGraphCache, "capture_default", False)
+    eager_graph_steps(monkeypatch)
     model = _lora_model()
     data = _dataset()
     scorer = EffortScorer(model, batch_size=4, cuda_graph=True)

@@ -134,9 +134,9 @@ def test_grand_reuses_hook_plans_and_pickles_for_workers():
 def test_grand_with_cuda_graph_steps_and_padding(monkeypatch):
     """cuda_graph=True routes each checkpoint through one PerExampleGradNorms with graph caches (run eagerly here,
     no GPU) and pads batches to a multiple of 64 tokens: same scores as the plain scorer."""
-    from hf_influence.grads.graphs import NormsGraphCache
+    from conftest import eager_graph_steps
 
-    monkeypatch.setattr(NormsGraphCache, "capture_default", False)
+    eager_graph_steps(monkeypatch)
     dataset = random_classification_dataset(n=13, seed=7)
     models = [bert(7), bert(8)]
     plain = np.asarray(list(GraNdScorer(models, batch_size=4)(dataset)["grand"]))

@@ -15,7 +15,10 @@ from conftest import count_sync_ops, tiny_bert_config, tiny_gpt2_config, tiny_ll
 from torch import nn
 
 from hf_influence.grads import GhostNormCollector, per_example_grad_norms
-from hf_influence.grads import ghost as ghost_module
+from hf_influence.grads import fallback as fallback_module
+from hf_influence.grads import hook_check as hook_check_module
+from hf_influence.grads import layers as layers_module
+from hf_influence.grads import norm_engine as norm_engine_module
 
 LENGTHS = [11, 4, 7, 2, 9, 6]
 RTOL = 1e-5
@@ -205,8 +208,8 @@ def test_fallback_module_uses_torch_func(caplog):
     model.classifier = ScaledHead(24, 3)
     batch = make_batch(97, seed=5, token_types=True)
     batch["labels"] = torch.tensor([1, 1, 0, 2, 0, 2])
-    ghost_module._LOGGED_FALLBACK_TYPES.discard("ScaledHead")
-    _, fallback, types = ghost_module.build_plan(model, dict(model.named_parameters()))
+    fallback_module._LOGGED_FALLBACK_TYPES.discard("ScaledHead")
+    _, fallback, types = layers_module.build_plan(model, dict(model.named_parameters()))
     assert set(fallback) == {"classifier.w", "classifier.scale"} and types == ["ScaledHead"]
     ours = per_example_grad_norms(model, batch, squared=True)
     assert_close(ours, naive_sq_norms(model, batch, list(model.parameters()), "cls"))
@@ -216,12 +219,12 @@ def test_fallback_module_uses_torch_func(caplog):
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
 def test_linear_rule_gram_and_instantiation_match_explicit(monkeypatch, chunk_bytes):
-    monkeypatch.setattr(ghost_module, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(layers_module, "_CHUNK_BYTES", chunk_bytes)
     g = torch.Generator().manual_seed(6)
     for seq, d, p in [(3, 40, 50), (30, 6, 5), (1, 7, 3)]:  # Gram, instantiation, T=1
         a, b = torch.randn(5, seq, d, generator=g), torch.randn(5, seq, p, generator=g)
         explicit = torch.stack([(b[i].T @ a[i]).square().sum() for i in range(5)])
-        assert_close(ghost_module.linear_weight_sq_norms(a, b), explicit)
+        assert_close(layers_module.linear_weight_sq_norms(a, b), explicit)
 
 
 def test_collector_inside_training_backward_weighted_loss():
@@ -319,7 +322,7 @@ def test_errors():
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
 def test_linear_rule_weight_and_bias_terms_match_explicit(monkeypatch, chunk_bytes):
     """Gram form (bias folded in as a column of ones), instantiation (bias in its own slot), T=1, bias only."""
-    monkeypatch.setattr(ghost_module, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(layers_module, "_CHUNK_BYTES", chunk_bytes)
     g = torch.Generator().manual_seed(11)
     for seq, d, p in [(3, 40, 50), (30, 6, 5), (1, 7, 3), (1, 5, 1)]:
         a, b = torch.randn(5, seq, d, generator=g), torch.randn(5, seq, p, generator=g)
@@ -328,13 +331,13 @@ def test_linear_rule_weight_and_bias_terms_match_explicit(monkeypatch, chunk_byt
         for weight, bias, expected in [(True, True, weight_sq + bias_sq), (True, False, weight_sq),
                                        (False, True, bias_sq)]:
             out = torch.zeros(2, 5)
-            ghost_module.linear_sq_norms_into(a, b, out, weight=weight, bias=bias)
+            layers_module.linear_sq_norms_into(a, b, out, weight=weight, bias=bias)
             assert_close(out.sum(0), expected)
 
 
 @pytest.mark.parametrize("gram_max_seq", [0, 1024])
 def test_embedding_rule_masked_gram_and_segment_sums_match_dense_gradients(monkeypatch, gram_max_seq):
-    monkeypatch.setattr(ghost_module, "_EMBEDDING_GRAM_MAX_SEQ", gram_max_seq)
+    monkeypatch.setattr(layers_module, "EMBEDDING_GRAM_MAX_SEQ", gram_max_seq)
     g = torch.Generator().manual_seed(12)
     ids = torch.randint(0, 6, (4, 9), generator=g)  # few ids: many repeats within an example
     ids[1, 5:] = 0  # padding tail
@@ -346,14 +349,14 @@ def test_embedding_rule_masked_gram_and_segment_sums_match_dense_gradients(monke
             if padding_idx is not None:
                 grad[padding_idx] = 0.0
             dense.append(grad.square().sum())
-        assert_close(ghost_module.embedding_sq_norms(ids, b, 6, padding_idx), torch.stack(dense))
+        assert_close(layers_module.embedding_sq_norms(ids, b, 6, padding_idx), torch.stack(dense))
 
 
 @pytest.mark.parametrize("gram_max_seq", [0, 1024])
 def test_bert_and_gpt2_with_both_embedding_rules(monkeypatch, gram_max_seq):
     from transformers import BertForSequenceClassification, GPT2LMHeadModel
 
-    monkeypatch.setattr(ghost_module, "_EMBEDDING_GRAM_MAX_SEQ", gram_max_seq)
+    monkeypatch.setattr(layers_module, "EMBEDDING_GRAM_MAX_SEQ", gram_max_seq)
     torch.manual_seed(13)
     bert = BertForSequenceClassification(tiny_bert_config()).eval()
     batch = make_batch(97, seed=13, token_types=True)
@@ -433,7 +436,7 @@ def test_layers_reading_one_input_share_its_gram_matrix(monkeypatch):
     batch = make_batch(97, seed=17)
     batch["labels"] = torch.tensor([0, 2, 1, 1, 0, 2])
     seq = batch["input_ids"].shape[1]
-    assert ghost_module.uses_gram_form(seq, config.hidden_size, config.hidden_size)  # q/k/v are in the Gram regime
+    assert layers_module.uses_gram_form(seq, config.hidden_size, config.hidden_size)  # q/k/v are in the Gram regime
 
     def run():
         with OpCounter() as counter:
@@ -441,7 +444,7 @@ def test_layers_reading_one_input_share_its_gram_matrix(monkeypatch):
         return norms, counter.by_name["baddbmm"]
 
     shared, shared_grams = run()
-    monkeypatch.setattr(ghost_module, "gram_fits_one_chunk", lambda batch, seq: False)  # no sharing
+    monkeypatch.setattr(norm_engine_module, "gram_fits_one_chunk", lambda batch, seq: False)  # no sharing
     separate, separate_grams = run()
     assert separate_grams - shared_grams == 2 * config.num_hidden_layers
     torch.testing.assert_close(shared, separate, rtol=0, atol=0)
@@ -486,19 +489,19 @@ def test_hooks_are_checked_against_autograd_once():
 
     good = WeightReadOutside(side_use=False)
     calls = []
-    original = ghost_module.check_hooks_against_autograd
+    original = hook_check_module.check_hooks_against_autograd
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    ghost_module.check_hooks_against_autograd = counted
+    hook_check_module.check_hooks_against_autograd = counted
     try:
         per_example_grad_norms(good, batch)
         per_example_grad_norms(good, batch)  # same model and selection: not checked again
         per_example_grad_norms(good, batch, params=r"^out\.")  # a new selection is checked
     finally:
-        ghost_module.check_hooks_against_autograd = original
+        hook_check_module.check_hooks_against_autograd = original
     assert len(calls) == 2
 
 

@@ -116,7 +116,7 @@ def test_weights_updated_in_place_or_replaced():
 def test_errors():
     from transformers import BertForSequenceClassification
 
-    from hf_influence.grads import ghost as ghost_module
+    from hf_influence.grads import layers as layers_module
 
     torch.manual_seed(4)
     model = BertForSequenceClassification(tiny_bert_config()).eval()
@@ -144,13 +144,13 @@ def test_errors():
         graphed(model)(bert_batch(0))
     model.classifier = nn.Linear(24, 3)
     fast = graphed(model)
-    old = ghost_module._EMBEDDING_GRAM_MAX_SEQ
-    ghost_module._EMBEDDING_GRAM_MAX_SEQ = 4
+    old = layers_module.EMBEDDING_GRAM_MAX_SEQ
+    layers_module.EMBEDDING_GRAM_MAX_SEQ = 4
     try:
         with pytest.raises(ValueError, match="up to 4 tokens"):
             fast(bert_batch(0))
     finally:
-        ghost_module._EMBEDDING_GRAM_MAX_SEQ = old
+        layers_module.EMBEDDING_GRAM_MAX_SEQ = old
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -132,13 +132,13 @@ def test_classification_signals_equal_single_example_forward(tmp_path, options):
 def test_deferred_classification_signals_are_materialized_at_any_cadence(tmp_path, monkeypatch):
     """Logits wait on the device and become signals at a flush, or earlier once the byte bound is passed (here after
     every step, and with a save every 3 steps in between): the records equal the single-example reference each time."""
-    import hf_influence.trainer as trainer_module
+    import hf_influence.recorder as recorder_module
 
     dataset = add_example_ids(random_classification_dataset(n=22))
     model = bert()
     reference = reference_classification(model, dataset)
     for bound, extra in [(1, {}), (1 << 40, {"save_strategy": "steps", "save_steps": 3})]:
-        monkeypatch.setattr(trainer_module, "_DEFERRED_LOGITS_BYTES", bound)
+        monkeypatch.setattr(recorder_module, "DEFERRED_LOGITS_BYTES", bound)
         out = tmp_path / f"bound{bound}"
         trainer = ScoringTrainer(model=model, args=make_args(out, **extra), train_dataset=dataset,
                                  data_collator=PadCollator())
@@ -146,7 +146,7 @@ def test_deferred_classification_signals_are_materialized_at_any_cadence(tmp_pat
 
         def spy(*args, _original=trainer.compute_loss, _trainer=trainer, _seen=steps_with_logits, **kwargs):
             result = _original(*args, **kwargs)
-            _seen.append(sum("logits" in e for e in _trainer._buffers["presentations"]))
+            _seen.append(sum("logits" in e for e in _trainer.signal_recorder.buffers["presentations"]))
             return result
 
         trainer.compute_loss = spy
@@ -382,7 +382,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_nan_loss_recorded_with_one_warning(tmp_path, monkeypatch):
-    import hf_influence.trainer as trainer_module
+    import hf_influence.recorder as recorder_module
 
     dataset = add_example_ids(random_classification_dataset(n=22))
     # token 2 never occurs in the random data; give example 5 that token and a NaN embedding for it
@@ -392,7 +392,7 @@ def test_nan_loss_recorded_with_one_warning(tmp_path, monkeypatch):
     with torch.no_grad():
         model.bert.embeddings.word_embeddings.weight[2] = float("nan")
     warnings = []
-    monkeypatch.setattr(trainer_module.logger, "warning", lambda message, *a, **k: warnings.append(message))
+    monkeypatch.setattr(recorder_module.logger, "warning", lambda message, *a, **k: warnings.append(message))
     trainer = ScoringTrainer(model=model, args=make_args(tmp_path, num_train_epochs=2), train_dataset=dataset,
                              data_collator=PadCollator())
     trainer.train()

@@ -97,7 +97,7 @@ class SideReadHead(torch.nn.Module):
 def test_grad_norm_hooks_are_checked_once_before_training(tmp_path, monkeypatch):
     """A selected weight read outside its layer's forward stops training at the first step with the layer named
     (instead of recording norms that miss it); a model without one is checked on the first step only."""
-    from hf_influence.grads import ghost
+    from hf_influence.grads import hook_check
 
     dataset = add_example_ids(random_classification_dataset(n=12))
     model = bert()
@@ -109,8 +109,9 @@ def test_grad_norm_hooks_are_checked_once_before_training(tmp_path, monkeypatch)
         trainer.train()
 
     calls = []
-    original = ghost.check_hooks_against_autograd
-    monkeypatch.setattr(ghost, "check_hooks_against_autograd", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = hook_check.check_hooks_against_autograd
+    monkeypatch.setattr(hook_check, "check_hooks_against_autograd",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     trainer = ScoringTrainer(model=bert(), args=make_args(tmp_path / "good", num_train_epochs=2,
                                                           record_grad_norm=True),
                              train_dataset=dataset, data_collator=PadCollator())

@@ -17,23 +17,11 @@ from torch import nn
 
 from ..data import EXAMPLE_ID_COLUMN
 from ..signals import check_class_ids
+from ..tasks import TASKS, unwrap_model
 
-TASKS: tuple[str, ...] = ("sequence_classification", "causal_lm")
 LABEL_KEYS: tuple[str, ...] = ("labels", "label", "label_ids")
 
 ParamSpec = str | Iterable[str | nn.Parameter] | None
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The underlying transformers model of a PEFT / DDP wrapper (the model itself otherwise)."""
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
-    return model
 
 
 def _is_peft_model(model: nn.Module) -> bool:
@@ -171,23 +159,6 @@ def prepare_batch(
     if _forward_takes_use_cache(type(unwrap_model(model))):
         inputs.setdefault("use_cache", False)  # no KV cache: nothing is generated, and it costs memory and copies
     return inputs, labels
-
-
-def infer_task(model: nn.Module, logits: torch.Tensor, task: str = "auto") -> str:
-    """`"sequence_classification"` for `[B, C]` logits, `"causal_lm"` for a causal LM's `[B, T, V]` logits."""
-    if task != "auto":
-        if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}; valid tasks are 'auto', {', '.join(map(repr, TASKS))}.")
-        return task
-    if logits.dim() == 2:
-        return "sequence_classification"
-    name = type(unwrap_model(model)).__name__
-    if logits.dim() == 3 and ("CausalLM" in name or "LMHead" in name):
-        return "causal_lm"
-    raise ValueError(
-        f"Cannot infer the task of {name} from logits of shape {tuple(logits.shape)}; pass task= one of "
-        f"{', '.join(map(repr, TASKS))}."
-    )
 
 
 def per_example_losses(

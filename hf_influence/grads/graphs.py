@@ -12,7 +12,8 @@ What capture needs, and how it is met:
   additive mask built on the device from the 2-D `attention_mask` (bidirectional or causal, chosen on the first batch
   by reproducing the model's own per-example losses); labels are range-checked before the copy into the static
   buffers, on the host when they come from a collator; embeddings use the masked-Gram rule (sequence length up to
-  `ghost._EMBEDDING_GRAM_MAX_SEQ`); modules needing the `torch.func` fallback are refused.
+  `layers.EMBEDDING_GRAM_MAX_SEQ`); modules needing the `torch.func` fallback are refused (both checked by the
+  step's owner through `check_batch`).
 - Static shapes: one graph per signature (names, shapes and dtypes of the batch tensors), least recently used first
   out beyond `max_graphs`; all graphs share one memory pool, and results are copied out right after each replay. Pad
   batches to a fixed length (`padding="max_length"` or `pad_to_multiple_of`) to keep the number of graphs small.
@@ -20,24 +21,30 @@ What capture needs, and how it is met:
   (`optimizer.step()`, `load_state_dict`) are seen by the next replay; tensors replaced by new ones (`model.to(...)`,
   `load_state_dict(assign=True)`) are detected by their addresses and the graphs are captured again.
 - Dropout off and no random numbers in the step (the model is in eval mode during the call).
+
+The cache is written against a step callable (`NormsStepFn`, e.g. `PerExampleGradNorms.eager_step`): the function of
+one batch that it captures and replays.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
+from torch import nn
 from transformers.utils import logging
 
 from ..signals import check_class_ids, check_token_ids
-from . import ghost
-from .core import LABEL_KEYS, prepare_batch, unwrap_model
+from ..tasks import unwrap_model
+from .core import LABEL_KEYS, prepare_batch
+from .masks import likely_causal
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .ghost import PerExampleGradNorms
+#: The norms-only step of one batch: called as `step(batch, check_labels=..., causal_mask=...)`, it returns
+#: `(squared norms, losses, valid, inputs, labels)` (the last two as `core.prepare_batch` gives them).
+NormsStepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor]]
 
 logger = logging.get_logger(__name__)
 
@@ -49,18 +56,18 @@ class StaticNormsStep:
     """The norms-only step of one batch signature on static input buffers, captured as a CUDA graph or run eagerly.
 
     Args:
-        owner (`PerExampleGradNorms`): supplies the model, hook engine, mode switch and task.
+        step_fn (`NormsStepFn`): the step to capture.
         inputs (`dict`): the first batch's model inputs (on the model's device); copied into the static buffers.
         labels (`torch.Tensor`): its labels.
         causal (`bool`): whether the 4-D attention mask is causal.
         capture (`bool`): capture a CUDA graph (else every `run` executes the step eagerly on the static buffers,
             which is how the step is tested without a GPU).
-        pool: the CUDA graph memory pool shared by the owner's graphs.
+        pool: the CUDA graph memory pool shared by the cache's graphs.
     """
 
-    def __init__(self, owner: PerExampleGradNorms, inputs: Mapping[str, Any], labels: torch.Tensor, causal: bool,
+    def __init__(self, step_fn: NormsStepFn, inputs: Mapping[str, Any], labels: torch.Tensor, causal: bool,
                  *, capture: bool, pool: Any = None) -> None:
-        self.owner = owner
+        self.step_fn = step_fn
         self.causal = causal
         self.static = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         self.fixed = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
@@ -72,8 +79,8 @@ class StaticNormsStep:
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One norms-only step on the static buffers: `(squared norms, losses, valid)`; no host sync."""
-        sq, losses, valid, _, _ = self.owner._eager({**self.static, **self.fixed}, check_labels=False,
-                                                    causal_mask=self.causal)
+        sq, losses, valid, _, _ = self.step_fn({**self.static, **self.fixed}, check_labels=False,
+                                               causal_mask=self.causal)
         return sq, losses, valid
 
     def _capture(self, pool: Any) -> None:
@@ -104,17 +111,31 @@ class StaticNormsStep:
 
 
 class NormsGraphCache:
-    """The captured steps of one `PerExampleGradNorms`, keyed by batch signature (least recently used evicted)."""
+    """The captured steps of one norms-only step function, keyed by batch signature (least recently used evicted).
 
-    #: Whether new caches capture graphs; tests without a GPU set it to False to run the static step eagerly.
-    capture_default: bool = True
+    Args:
+        step_fn (`NormsStepFn`): the eager step of one batch (e.g. `PerExampleGradNorms.eager_step`).
+        model (`nn.Module`): the model `step_fn` runs (its parameter and buffer addresses are watched, its class and
+            config pick the 4-D mask to try first).
+        task (`str`, defaults to `"auto"`): the task `step_fn` computes losses for.
+        max_graphs (`int`, defaults to 8): batch signatures kept captured.
+        capture (`bool`, defaults to `True`): capture CUDA graphs; `False` runs each static step eagerly on its static
+            buffers (everything but the capture itself, e.g. to test it without a GPU).
+        check_batch (callable, *optional*): called with `(inputs, labels)` of every batch before its step is used;
+            raises for what `step_fn` cannot run without host syncs.
+    """
 
-    def __init__(self, owner: PerExampleGradNorms, max_graphs: int = 8, *, capture: bool | None = None) -> None:
+    def __init__(self, step_fn: NormsStepFn, model: nn.Module, *, task: str = "auto", max_graphs: int = 8,
+                 capture: bool = True,
+                 check_batch: Callable[[Mapping[str, Any], torch.Tensor], None] | None = None) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be at least 1, got {max_graphs}.")
-        self.owner = owner
+        self.step_fn = step_fn
+        self.model = model
+        self.task = task
         self.max_graphs = max_graphs
-        self.capture = self.capture_default if capture is None else capture
+        self.capture = capture
+        self.check_batch = check_batch
         self.steps: OrderedDict[tuple, StaticNormsStep] = OrderedDict()
         self.causal: bool | None = None
         self.num_outputs: int | None = None
@@ -127,26 +148,12 @@ class NormsGraphCache:
         self._pool = None
 
     def _check_supported(self, inputs: Mapping[str, Any], labels: torch.Tensor) -> None:
-        engine = self.owner._engine
-        if engine.fallback:
-            raise ValueError(
-                f"cuda_graph=True cannot capture the torch.func fallback used for module type(s) "
-                f"{', '.join(engine.fallback_types)}. Exclude their parameters with a params regex, or use "
-                "cuda_graph=False."
-            )
+        if self.check_batch is not None:
+            self.check_batch(inputs, labels)
         if self.capture and labels.device.type != "cuda":
             raise ValueError(
                 f"cuda_graph=True needs the model on a CUDA device (it is on {labels.device}). Move it with "
                 "model.to('cuda') or use cuda_graph=False."
-            )
-        ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
-        seq = ids.shape[1] if ids.dim() > 1 else 1
-        limit = ghost._EMBEDDING_GRAM_MAX_SEQ
-        if seq > limit and any(layer.kind == "embedding" for layer in engine.layers):
-            raise ValueError(
-                f"cuda_graph=True supports embedding parameters up to {limit} tokens (this batch has {seq}): longer "
-                "sequences use segment sums, which sync with the host. Exclude the embeddings with a params regex "
-                "or use cuda_graph=False."
             )
 
     def _check_labels(self, raw: Any, labels: torch.Tensor) -> None:
@@ -161,29 +168,28 @@ class NormsGraphCache:
             check_class_ids(host, self.num_outputs)
 
     def _current_addresses(self) -> tuple[int, ...]:
-        model = self.owner.model
+        model = self.model
         return tuple(t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers()))
 
     def _first_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Eager reference on the first batch: fixes the output width and the 4-D mask's causality."""
-        owner = self.owner
         widths: list[int] = []
 
         def record_width(module: Any, args: Any, output: Any) -> None:
             logits = output.logits if hasattr(output, "logits") else output[0]
             widths.append(int(logits.shape[-1]))
 
-        handle = owner.model.register_forward_hook(record_width)
+        handle = self.model.register_forward_hook(record_width)
         try:
-            sq, losses, valid, inputs, labels = owner._eager(batch)
+            sq, losses, valid, inputs, labels = self.step_fn(batch)
         finally:
             handle.remove()
         self.num_outputs = widths[0] if widths else None
         # token labels ([B, T]) mean a causal LM even when the task was left to "auto"
-        first = ghost._likely_causal(unwrap_model(owner.model), "causal_lm" if labels.dim() == 2 else owner.task)
+        first = likely_causal(unwrap_model(self.model), "causal_lm" if labels.dim() == 2 else self.task)
         errors = []
         for causal in (first, not first):
-            probe = StaticNormsStep(owner, inputs, labels, causal, capture=False)
+            probe = StaticNormsStep(self.step_fn, inputs, labels, causal, capture=False)
             _, probe_losses, _ = probe.step()
             errors.append(float((probe_losses - losses).abs().max()) if losses.numel() else 0.0)
             if torch.allclose(probe_losses[valid], losses[valid], rtol=1e-4, atol=1e-5):
@@ -197,8 +203,7 @@ class NormsGraphCache:
 
     def __call__(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(squared norms, valid)` of one batch, by replaying (and on a new signature first capturing) its graph."""
-        owner = self.owner
-        inputs, labels = prepare_batch(owner.model, batch)
+        inputs, labels = prepare_batch(self.model, batch)
         self._check_supported(inputs, labels)
         if self.causal is None:
             result = self._first_batch(batch)
@@ -219,7 +224,7 @@ class NormsGraphCache:
         if step is None:
             if self.capture and self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            step = StaticNormsStep(owner, inputs, labels, self.causal, capture=self.capture, pool=self._pool)
+            step = StaticNormsStep(self.step_fn, inputs, labels, self.causal, capture=self.capture, pool=self._pool)
             self.steps[signature] = step
             while len(self.steps) > self.max_graphs:
                 self.steps.popitem(last=False)

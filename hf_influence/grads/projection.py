@@ -30,7 +30,8 @@ from ..data import EXAMPLE_ID_COLUMN
 from ..distributed import World, barrier, broadcast_object, current_world, shard_range
 from ..store import atomic_write_bytes
 from .core import ParamSpec, collate_for_gradients, scoring_mode, select_parameters
-from .ghost import _HookEngine, _Layer, build_plan, run_frozen_backward
+from .hooks import HookEngine, run_frozen_backward
+from .layers import HookedLayer, LinearRule, build_plan
 
 logger = logging.get_logger(__name__)
 
@@ -59,7 +60,7 @@ class GradientProjector:
             raise ValueError(f"k_in and k_out must be positive, got {k_in} and {k_out}.")
         self.params, self.k_in, self.k_out, self.seed = params, k_in, k_out, seed
         layers, fallback, _ = build_plan(model, select_parameters(model, params))
-        projected = [lay for lay in layers if lay.kind in ("linear", "conv1d") and lay.tied is None]
+        projected = [lay for lay in layers if isinstance(lay.rule, LinearRule) and lay.tied is None]
         skipped = [lay.name for lay in layers if lay not in projected] + list(fallback)
         if skipped:  # once per message: a run over several checkpoints of one architecture says it once
             logger.warning_once(
@@ -71,14 +72,13 @@ class GradientProjector:
                 "No selected parameter lives in an nn.Linear or Conv1D layer, so there is nothing to project. Select "
                 "Linear weights with params=<regex> (e.g. r'attention|mlp|lora_')."
             )
-        self.model_layers: list[_Layer] = projected
+        self.model_layers: list[HookedLayer] = projected
         self.layers: list[dict[str, Any]] = []
         self.matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_copies: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         offset = 0
         for layer in projected:
-            weight = layer.module.weight
-            d, p = (weight.shape[1], weight.shape[0]) if layer.kind == "linear" else tuple(weight.shape)
+            d, p = layer.rule.in_out_features(layer.module)
             d_in = (d if layer.weight else 0) + (1 if layer.bias else 0)
             ki, ko = min(k_in, d_in), min(k_out, p)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(layer.name.encode()))
@@ -103,15 +103,19 @@ class GradientProjector:
                 "layers": self.layers}
 
 
-class _ProjectionEngine(_HookEngine):
+class ProjectionEngine(HookEngine):
+    """The hook engine's consumer that writes each example's projected layer gradients into `features`
+    `[B, projector.feature_dim]` (norms-only mode: frozen parameters, activation backward only)."""
+
     def __init__(self, model: nn.Module, projector: GradientProjector) -> None:
-        super().__init__(model, {}, frozen=True)
-        self.layers = projector.model_layers
         self.projector = projector
         self._info = {info["name"]: info for info in projector.layers}
+        super().__init__(model, projector.model_layers, frozen=True)
+
+    def clear_batch(self) -> None:
         self.features: torch.Tensor | None = None
 
-    def consume(self, layer: _Layer, x: torch.Tensor, grad: torch.Tensor) -> None:
+    def consume(self, layer: HookedLayer, x: torch.Tensor, grad: torch.Tensor) -> None:
         batch = grad.shape[0]
         p_in, p_out = self.projector.matrices_on(layer.name, grad.device)
         a = x.reshape(batch, -1, x.shape[-1]).float()
@@ -142,7 +146,7 @@ def projected_gradients(
         >>> features = projected_gradients(model, batch, projector)  # [B, projector.feature_dim]
         ```
     """
-    engine = _ProjectionEngine(model, projector)
+    engine = ProjectionEngine(model, projector)
     with scoring_mode(model, freeze=True):
         _, labels, losses, valid, _ = run_frozen_backward(model, batch, engine, task)
     features = engine.features

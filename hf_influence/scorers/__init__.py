@@ -4,7 +4,7 @@ Use ``get_scorer(name, **config)`` or a scorer class directly, then call it on a
 
     from hf_influence.scorers import get_scorer, list_scorers
 
-    scorer = get_scorer("el2n", checkpoints=["run/checkpoint-200"], batch_size=16)
+    scorer = get_scorer("el2n", model=["run/checkpoint-200"], batch_size=16)
     scored = scorer(dataset)            # adds the float32 column "el2n"
 
 Scorer classes live in one module per family and are imported lazily (``import hf_influence.scorers`` stays cheap).

@@ -27,6 +27,7 @@ from transformers.utils import logging
 
 from ..distributed import current_world
 from ..polarity import POLARITIES, score_feature
+from ..tasks import TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.get_logger(__name__)
 
-TASKS: tuple[str, ...] = ("sequence_classification", "causal_lm")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..tasks import task_of_model_class, unwrap_model
 from .base import Scorer, model_fingerprint, pad_batch, register_scorer, resolve_pad_multiple
 
 logger = logging.get_logger(__name__)
@@ -33,19 +34,11 @@ LORA_PATTERN = r"\.lora_(A|B|embedding_A|embedding_B)\."
 AUTHORS_SCOPE = "authors"
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    from ..grads.core import unwrap_model
-
-    return unwrap_model(model)
-
-
 def check_causal_lm(model: torch.nn.Module) -> None:
     """Raise a clear error unless ``model`` (or the model inside a PEFT wrapper) is a causal language model."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    base = _unwrap(model)
+    base = unwrap_model(model)
     name = type(base).__name__
-    if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) or "CausalLM" in name or "LMHead" in name:
+    if task_of_model_class(type(base)) == "causal_lm":
         return
     raise ValueError(
         f"EffortScorer needs a causal language model (AutoModelForCausalLM, e.g. LlamaForCausalLM), got {name}. "
@@ -167,7 +160,7 @@ class EffortScorer(Scorer):
         self.scope_pattern = resolve_effort_scope(model, scope)
         self.loss = loss
         self.labels_column = labels_column
-        config = getattr(_unwrap(model), "config", None)
+        config = getattr(unwrap_model(model), "config", None)
         pad = getattr(config, "pad_token_id", None)
         if pad is None:
             pad = getattr(config, "eos_token_id", None)

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..tasks import TASKS
 from .base import (
-    TASKS,
     TOKEN_COLUMNS,
     Scorer,
     iter_checkpoints,
