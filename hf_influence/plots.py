@@ -284,7 +284,7 @@ def accuracy_vs_fraction_figure(
         .reset_index()
     )
     if interval == "ci":
-        from .experiments.statistics import mean_interval
+        from .statistics import mean_interval
 
         bounds = frame.groupby([method_column, fraction_column])[metric_column].apply(
             lambda s: mean_interval(s.to_numpy(dtype=np.float64), confidence))

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from hf_influence.experiments import ExperimentResult, PruningExperiment, Selection
-from hf_influence.experiments.statistics import (
+from hf_influence.statistics import (
     PAIRED_BOOTSTRAP,
     PAIRED_T_TEST,
     mean_interval,
@@ -192,7 +192,8 @@ GRID_SCRIPT = textwrap.dedent('''
         train, selections=["el2n:easiest", "el2n:hardest:balanced"], fractions=[0.5], seeds=[0, 1],
         model_init=lambda: BertForSequenceClassification(tiny_bert_config()),
         args=TrainingArguments(out, num_train_epochs=1, per_device_train_batch_size=8, report_to="none",
-                               remove_unused_columns=False, use_cpu=True, ddp_backend="gloo"),
+                               remove_unused_columns=False, use_cpu=True,
+                               ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None),
         eval_datasets=evals, compute_metrics=accuracy, data_collator=collate, callbacks=[Counter()])
     result = exp.run(out, progress=False)
     from accelerate import PartialState

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..statistics import mean_interval, paired_bootstrap, paired_t
 from .selections import FULL_DATA, RANDOM, RANDOM_BALANCED
-from .statistics import mean_interval, paired_bootstrap, paired_t
 
 RESULTS_FILENAME = "results.csv"
 PER_EXAMPLE_DIRNAME = "per_example"
