@@ -374,7 +374,8 @@ def run_null_training(train, plan: ScoringPlan, ctx: ScoringContext, output_dir:
 
 def attach_scores(train, runs: list[ScoringRun], plan: ScoringPlan, ctx: ScoringContext,
                   null_run: ScoringRun | None = None, features_dir: Path | None = None) -> ScoredSplit:
-    """Add one float32 column per requested score to the tokenised training set (main process only).
+    """Add one float32 column per requested score to the tokenised training set (call it on every process of a job:
+    the scorers split the rows over the processes and gather the columns).
 
     - ``el2n``/``grand``: EL2NScorer/GraNdScorer in eval mode at the end of epoch ``--el2n_epoch`` of EVERY scoring
       seed, the per-seed scores averaged (Paul et al.'s protocol, METHODS.md A.2; Anand et al. B.1 use epoch 2 and 10
@@ -500,45 +501,23 @@ def grad_cosine_scorer(train, target, trajectory: list[Path], plan: ScoringPlan,
                       normalize=True, reduce=plan.similarity_reduce, column="grad_cosine")
 
 
-def join_scores(train, scores):
-    """Add the score columns of ``scores`` (``example_id`` + columns, same rows) to ``train`` (non-main processes)."""
-    ids = np.asarray(scores[EXAMPLE_ID_COLUMN])
-    if not np.array_equal(ids, np.asarray(train[EXAMPLE_ID_COLUMN])):
-        raise RuntimeError("The scores written by the main process do not match this process's training rows.")
-    for column in scores.column_names:
-        if column != EXAMPLE_ID_COLUMN:
-            train = train.add_column(column, scores[column], feature=scores.features[column])
-    return train
-
-
-
 def score_split(train, plan: ScoringPlan, ctx: ScoringContext, output_dir: Path) -> ScoredSplit:
     """Train the scoring runs and attach every score of `plan` to `train` (in `output_dir/scoring`).
 
-    The scoring runs train on every process (DDP when launched so); the scorers run on the main process, whose
-    columns the other processes join by example id, so every rank returns the same scored split.
+    Every process takes part in every step: the scoring runs train data-parallel (DDP when launched so) and the
+    scorers split the rows over the processes and gather the columns (`hf_influence.scorers.sharding`), so every rank
+    returns the same scored split and none waits for another to score.
     """
-    import datasets
     from accelerate import PartialState
 
-    state = PartialState()
     plan.check_epochs(plan.scoring_num_train_epochs or ctx.training_args.num_train_epochs)
     if not plan.scores:
         return ScoredSplit(train, [], [])
     runs = [run_scoring_training(seed, index == 0, train, plan, ctx, output_dir)
             for index, seed in enumerate(plan.scoring_seeds)]
     null_run = run_null_training(train, plan, ctx, output_dir) if scoring_needs(plan.scores)["null"] else None
-    scores_file = output_dir / "scores.parquet"
-    scored = None
-    if state.is_main_process:
-        scored = attach_scores(train, runs, plan, ctx, null_run, features_dir=output_dir / "scoring" /
-                               "gradient_features")
-        columns = [EXAMPLE_ID_COLUMN, *[e["column"] for e in scored.entries]]
-        scored.dataset.select_columns(columns).to_parquet(str(scores_file))
-    state.wait_for_everyone()
-    if scored is None:  # the Parquet file keeps each column's feature, so its polarity too
-        scored = ScoredSplit(join_scores(train, datasets.Dataset.from_parquet(str(scores_file))), [], [])
-    return scored
+    PartialState().wait_for_everyone()  # every checkpoint is on disk before any rank loads one
+    return attach_scores(train, runs, plan, ctx, null_run, features_dir=output_dir / "scoring" / "gradient_features")
 
 
 def attach_saved_scores(train, path: str | Path) -> ScoredSplit:
