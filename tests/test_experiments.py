@@ -118,6 +118,11 @@ def test_class_balanced_selections_pair_with_class_balanced_random():
     rows += [_row("el2n:easiest (class-balanced)", 0.5, s, 0.6 + 0.01 * s, balanced=True) for s in range(3)]
     cell = ExperimentResult(rows).summary().set_index("selection").loc["el2n:easiest (class-balanced)"]
     assert cell["baseline"] == "random (class-balanced)" and cell["diff_mean"] == pytest.approx(0.01)
+    plain = ExperimentResult(rows).summary(baseline="random").set_index("selection")
+    plain = plain.loc["el2n:easiest (class-balanced)"]
+    assert plain["baseline"] == "random" and plain["diff_mean"] == pytest.approx(0.11)
+    with pytest.raises(ValueError, match="not among the selections"):
+        ExperimentResult(rows).summary(baseline="no-such")
 
 
 def test_bootstrap_over_examples_when_seeds_are_few(tmp_path):

@@ -114,7 +114,7 @@ class ExperimentResult:
         return metrics[0]
 
     def summary(self, metric: str | None = None, confidence: float = 0.95, bootstrap: bool | str = "auto",
-                min_seeds: int = 3, num_resamples: int = 10_000) -> Any:
+                min_seeds: int = 3, num_resamples: int = 10_000, baseline: str | None = None) -> Any:
         """One row per (selection, kept fraction): runs, mean/std/interval of every metric, and the paired
         difference of `metric` to random at the same fraction.
 
@@ -126,6 +126,9 @@ class ExperimentResult:
                 paired seeds exist and every run kept its per-example values.
             min_seeds (`int`, defaults to 3): see `bootstrap`.
             num_resamples (`int`, defaults to 10000): bootstrap draws.
+            baseline (`str`, *optional*): compare every cell with this selection (e.g. `"random"` to compare
+                class-balanced selections with plain random too); default: class-balanced selections with
+                class-balanced random when it ran, every other cell with plain random.
 
         Returns:
             `pandas.DataFrame` with columns `selection, score, strategy, class_balanced, keep, num_train, runs`,
@@ -157,7 +160,8 @@ class ExperimentResult:
                                f"{name}_ci_high": interval.high})
             if "noisy_kept" in group and group["noisy_kept"].notna().any():
                 record["noisy_kept"] = float(group["noisy_kept"].mean())
-            record.update(self._compare(label, keep, group, metric, confidence, bootstrap, min_seeds, num_resamples))
+            record.update(self._compare(label, keep, group, metric, confidence, bootstrap, min_seeds, num_resamples,
+                                        baseline))
             out.append(record)
         frame = pd.DataFrame(out)
         rank = {name: i for i, name in enumerate([FULL_DATA, RANDOM, RANDOM_BALANCED, *self._order])}
@@ -165,20 +169,24 @@ class ExperimentResult:
         frame = frame.sort_values(["keep", "_order", "selection"], kind="stable").drop(columns="_order")
         return frame.reset_index(drop=True)
 
-    def _baseline_of(self, label: str, class_balanced: bool) -> str | None:
+    def _baseline_of(self, label: str, class_balanced: bool, forced: str | None = None) -> str | None:
         present = set(self.rows["selection"])
-        if label in (FULL_DATA, RANDOM, RANDOM_BALANCED):
+        if label in (FULL_DATA, RANDOM, RANDOM_BALANCED) or label == forced:
             return None
+        if forced is not None:
+            if forced not in present:
+                raise ValueError(f"baseline={forced!r} is not among the selections {sorted(present)}.")
+            return forced
         if class_balanced and RANDOM_BALANCED in present:
             return RANDOM_BALANCED
         return RANDOM if RANDOM in present else None
 
     def _compare(self, label: str, keep: Any, group: Any, metric: str, confidence: float, bootstrap: bool | str,
-                 min_seeds: int, num_resamples: int) -> dict[str, Any]:
+                 min_seeds: int, num_resamples: int, forced: str | None = None) -> dict[str, Any]:
         empty = {"baseline": None, "paired_runs": 0, "diff_mean": math.nan, "diff_ci_low": math.nan,
                  "diff_ci_high": math.nan, "p_value": math.nan, "test": None, "beats_random": False,
                  "loses_to_random": False}
-        baseline = self._baseline_of(label, bool(group.iloc[0].get("class_balanced", False)))
+        baseline = self._baseline_of(label, bool(group.iloc[0].get("class_balanced", False)), forced)
         if baseline is None:
             return empty
         base = self.rows[(self.rows["selection"] == baseline) & (self.rows["keep"] == keep)]
