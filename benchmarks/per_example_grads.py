@@ -56,7 +56,7 @@ from hf_influence.grads import (
 )
 from hf_influence.grads.core import prepare_batch, scoring_mode
 from hf_influence.grads.fallback import fallback_sq_norms
-from hf_influence.op_counts import count_ops
+from hf_influence.testing_utils import count_ops
 
 
 def build_minilm(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str]:

@@ -24,7 +24,7 @@ import time
 import torch
 from bench_models import minilm_classifier, minilm_path, tiny_bert_classifier
 
-from hf_influence.op_counts import OpCounter
+from hf_influence.testing_utils import OpCounter
 
 
 def build_dataset(num_rows: int, seq_len: int, tokenizer):

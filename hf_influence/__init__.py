@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "ExperimentResult": "hf_influence.experiments",
     "Selection": "hf_influence.experiments",
     "inject_label_noise": "hf_influence.noise",
+    "add_threshold_samples": "hf_influence.aum",
+    "flag_mislabeled": "hf_influence.aum",
     "SelectionReport": "hf_influence.selection",
     "add_normalized_column": "hf_influence.normalization",
     "minmax_scale": "hf_influence.normalization",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
-from hf_influence.data import EXAMPLE_ID_COLUMN, validate_class_labels
+from .data import EXAMPLE_ID_COLUMN, validate_class_labels
 
 logger = logging.get_logger(__name__)
 

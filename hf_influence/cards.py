@@ -120,9 +120,9 @@ def checkpoint_entries(checkpoints: Iterable[Any]) -> list[dict[str, str]]:
 
     Returns:
         `list[dict]`: ``{"ref": str, "fingerprint": str}`` per checkpoint, fingerprints from
-        `hf_influence.scorers.model_fingerprint` (hash of weight files, never pickling).
+        `hf_influence.fingerprints.model_fingerprint` (hash of weight files, never pickling).
     """
-    from .scorers.base import model_fingerprint
+    from .fingerprints import model_fingerprint
 
     entries = []
     for checkpoint in checkpoints:

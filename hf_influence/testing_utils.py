@@ -1,4 +1,5 @@
-"""Counting the aten ops a call dispatches: a hardware-independent measure of kernel launches and host syncs.
+"""Helpers for the tests and benchmarks, not part of the user API: counting the aten ops a call dispatches, a
+hardware-independent measure of kernel launches and host syncs.
 
 On a GPU each compute (non-view) op is at least one kernel launch, and an op whose result the host must read (`item`,
 `nonzero`, boolean indexing, `unique`) stalls the launch queue until the device catches up. Where a step is
@@ -8,7 +9,7 @@ launch-bound, these counts explain time ratios that a CPU timing cannot show. Th
 Example:
 
 ```python
->>> from hf_influence.op_counts import count_ops
+>>> from hf_influence.testing_utils import count_ops
 >>> compute, syncs = count_ops(lambda: model(**batch).loss.backward())
 ```
 """

@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .batching import LABEL_KEYS
 from .config import ScoringOptions
 from .data import ExampleIdCollator, add_example_ids, validate_class_labels
 from .recorder import SignalRecorder
@@ -186,11 +187,11 @@ class ScoringMixin:
             raise ValueError(f"The training dataset has no {column!r} column (it was dropped after the trainer was "
                              "created). Add it with hf_influence.add_example_ids(dataset).")
         if self._task == "sequence_classification":
-            label_column = next((c for c in ("labels", "label", "label_ids") if c in dataset.column_names), None)
+            label_column = next((c for c in LABEL_KEYS if c in dataset.column_names), None)
             if label_column is None:
                 raise ValueError(
-                    f"The training dataset has no label column (looked for 'labels', 'label', 'label_ids'; it has "
-                    f"{dataset.column_names}). ScoringTrainer needs the gold class of every example."
+                    f"The training dataset has no label column (looked for {', '.join(map(repr, LABEL_KEYS))}; it "
+                    f"has {dataset.column_names}). ScoringTrainer needs the gold class of every example."
                 )
             num_labels = getattr(unwrap_model(self.model).config, "num_labels", None)
             labels = dataset.with_format("numpy")[label_column]

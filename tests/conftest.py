@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_influence.op_counts import SYNC_OPS, count_ops
+from hf_influence.testing_utils import SYNC_OPS, count_ops
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

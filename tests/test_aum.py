@@ -1,4 +1,4 @@
-"""AUM threshold samples: count floor(N/(C+1)), fake class C, disjoint second set, percentile cutoff by hand."""
+"""hf_influence.aum (AUM threshold samples): count floor(N/(C+1)), fake class C, disjoint second set, cutoff."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 from conftest import random_classification_dataset
 
+from hf_influence.aum import add_threshold_samples, aum_threshold, flag_mislabeled
 from hf_influence.data import add_example_ids
-from hf_influence.scorers import add_threshold_samples, flag_mislabeled
-from hf_influence.scorers.aum import aum_threshold
 
 
 def test_threshold_samples_count_and_relabel():
@@ -46,3 +45,12 @@ def test_flag_mislabeled_percentile_by_hand():
         aum_threshold(aum, [100], percentile=101)
     with pytest.raises(TypeError, match="aum_by_id"):
         flag_mislabeled([1, 2], [0])
+
+
+def test_aum_helpers_stay_importable_from_their_old_homes():
+    import hf_influence
+    from hf_influence import scorers
+
+    assert scorers.add_threshold_samples is add_threshold_samples and scorers.flag_mislabeled is flag_mislabeled
+    assert hf_influence.add_threshold_samples is add_threshold_samples
+    assert hf_influence.flag_mislabeled is flag_mislabeled

@@ -428,7 +428,7 @@ def test_layers_reading_one_input_share_its_gram_matrix(monkeypatch):
     from transformers import BertForSequenceClassification
 
     from hf_influence.grads import PerExampleGradNorms
-    from hf_influence.op_counts import OpCounter
+    from hf_influence.testing_utils import OpCounter
 
     torch.manual_seed(17)
     config = tiny_bert_config()

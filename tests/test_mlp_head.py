@@ -75,7 +75,7 @@ def test_other_poolings(encoder_dir, pooling):
 def test_round_trip_through_auto_classes_and_load_checkpoint(encoder_dir, tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from hf_influence.scorers.base import load_checkpoint
+    from hf_influence.checkpoints import load_checkpoint
 
     path, _ = encoder_dir
     model = MLPHeadForSequenceClassification.from_encoder(path, num_labels=3, head_hidden_size=8,

@@ -1,10 +1,10 @@
-"""hf_influence.op_counts: compute ops (not views) and host-sync ops counted on hand-written cases."""
+"""hf_influence.testing_utils: compute ops (not views) and host-sync ops counted on hand-written cases."""
 
 from __future__ import annotations
 
 import torch
 
-from hf_influence.op_counts import OpCounter, count_ops
+from hf_influence.testing_utils import OpCounter, count_ops
 
 
 def test_counts_compute_views_and_syncs_by_hand():

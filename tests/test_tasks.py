@@ -56,6 +56,7 @@ def test_unwrap_peft_and_ddp_style_wrappers():
 
 
 def test_one_task_list_everywhere():
+    from hf_influence import checkpoints
     from hf_influence.config import TASK_CHOICES
     from hf_influence.grads import core
     from hf_influence.scorers import base
@@ -63,4 +64,5 @@ def test_one_task_list_everywhere():
 
     assert TASKS == ("sequence_classification", "causal_lm")
     assert TASK_CHOICES == ("auto", *TASKS)
-    assert base.TASKS is TASKS and core.TASKS is TASKS and ModelOutputScorer.supported_tasks is TASKS
+    assert checkpoints.TASKS is TASKS and core.TASKS is TASKS and ModelOutputScorer.supported_tasks is TASKS
+    assert base.TASKS is TASKS  # still importable from the scorer base module, as before the split

@@ -326,7 +326,7 @@ class PruningExperiment:
         id_columns = ["example_id", self.label_column or "label"]
         model = {}
         if self.model_init is not None:
-            from ..scorers import model_fingerprint
+            from ..fingerprints import model_fingerprint
 
             model = {"model_init": getattr(self.model_init, "__qualname__", type(self.model_init).__name__),
                      "initial_weights": model_fingerprint(self._fresh_model(self.seeds[0]))}

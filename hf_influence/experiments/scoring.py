@@ -355,7 +355,7 @@ def run_null_training(train, plan: ScoringPlan, ctx: ScoringContext, output_dir:
     """PVI's null model: the first scoring run's recipe, for ``--pvi_epoch`` epochs, on the same rows with every pair
     emptied (`hf_influence.scorers.pvi.make_null_input_dataset`, Ethayarajh et al. 2022) and tokenized as the real
     split is (e.g. `[CLS] [SEP] [SEP]`)."""
-    from ..scorers.base import TOKEN_COLUMNS
+    from ..batching import TOKEN_COLUMNS
     from ..scorers.pvi import make_null_input_dataset
 
     text = train.remove_columns([c for c in TOKEN_COLUMNS if c in train.column_names])

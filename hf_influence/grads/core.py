@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import LABEL_KEYS, TOKEN_COLUMNS, pad_batch
 from ..data import EXAMPLE_ID_COLUMN
 from ..signals import check_class_ids
 from ..tasks import TASKS, unwrap_model
-
-LABEL_KEYS: tuple[str, ...] = ("labels", "label", "label_ids")
 
 ParamSpec = str | Iterable[str | nn.Parameter] | None
 
@@ -261,8 +260,6 @@ def collate_for_gradients(
     Labels are the class ids of `label_column` when that column exists (classification), else a padded `labels`
     column (causal LM, -100 on padding), else the input ids with padding masked (causal LM on plain text).
     """
-    from ..scorers.base import TOKEN_COLUMNS, pad_batch
-
     keys = [k for k in (*TOKEN_COLUMNS, "labels") if k in rows]
     batch = pad_batch({k: rows[k] for k in keys}, tokenizer=tokenizer, pad_token_id=pad_token_id)
     if label_column in rows and label_column != "labels":

@@ -37,9 +37,10 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..batching import LABEL_KEYS
 from ..signals import check_class_ids, check_token_ids
 from ..tasks import unwrap_model
-from .core import LABEL_KEYS, prepare_batch
+from .core import prepare_batch
 from .masks import likely_causal
 
 #: The norms-only step of one batch: called as `step(batch, check_labels=..., causal_mask=...)`, it returns

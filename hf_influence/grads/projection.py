@@ -28,6 +28,7 @@ from transformers.utils import logging
 
 from ..data import EXAMPLE_ID_COLUMN
 from ..distributed import World, barrier, broadcast_object, current_world, shard_range
+from ..fingerprints import dataset_fingerprint, model_fingerprint
 from ..store import atomic_write_bytes
 from .core import ParamSpec, collate_for_gradients, scoring_mode, select_parameters
 from .hooks import HookEngine, run_frozen_backward
@@ -216,8 +217,6 @@ def write_projected_gradients(
         `Path`: the output folder.
     """
     from tqdm.auto import tqdm
-
-    from ..scorers.base import dataset_fingerprint, model_fingerprint
 
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")

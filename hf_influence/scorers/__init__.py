@@ -7,72 +7,69 @@ Use ``get_scorer(name, **config)`` or a scorer class directly, then call it on a
     scorer = get_scorer("el2n", model=["run/checkpoint-200"], batch_size=16)
     scored = scorer(dataset)            # adds the float32 column "el2n"
 
-Scorer classes live in one module per family and are imported lazily (``import hf_influence.scorers`` stays cheap).
+Modules: `base` (the `Scorer` contract), `registry` (`register_scorer`, `get_scorer`, `list_scorers`), `sharding`
+(scoring inside a multi-process job), `joins` (helpers of the scorers that join precomputed values by example id), and
+one module per scorer family: `model_outputs`, `dynamics`, `pvi`, `gradients`, `vog`, `influence`, `effort`,
+`similarity`. The plumbing they share sits below the package: `hf_influence.fingerprints`,
+`hf_influence.checkpoints`, `hf_influence.batching`, `hf_influence.tasks`.
+
+A new scorer is one file plus one import line: a module here whose `Scorer` subclass is decorated with
+`@register_scorer`, and its name added to the plain import of the scorer modules below (importing a module registers
+its scorers, as `peft` registers its methods).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Any
-
-from .base import (
-    BUILTIN_SCORER_MODULES,
-    POLARITIES,
-    Scorer,
-    get_scorer,
-    get_scorer_class,
-    iter_checkpoints,
-    list_scorers,
-    load_checkpoint,
-    model_fingerprint,
-    pad_batch,
-    register_scorer,
+from ..aum import add_threshold_samples, flag_mislabeled
+from ..batching import pad_batch
+from ..checkpoints import iter_checkpoints, load_checkpoint
+from ..fingerprints import model_fingerprint
+from ..polarity import POLARITIES
+from . import dynamics, effort, gradients, influence, model_outputs, pvi, similarity, vog  # noqa: F401 (registers)
+from .base import Scorer
+from .dynamics import DynamicsScorer
+from .effort import EffortScorer
+from .gradients import GraNdScorer, TracInScorer
+from .influence import InfluenceScorer
+from .model_outputs import (
+    EL2NScorer,
+    EntropyScorer,
+    InputNormScorer,
+    LossScorer,
+    ModelOutputScorer,
+    PerplexityScorer,
 )
-
-_LAZY: dict[str, str] = {
-    "ModelOutputScorer": "model_outputs",
-    "EL2NScorer": "model_outputs",
-    "LossScorer": "model_outputs",
-    "EntropyScorer": "model_outputs",
-    "PerplexityScorer": "model_outputs",
-    "InputNormScorer": "model_outputs",
-    "DynamicsScorer": "dynamics",
-    "PVIScorer": "pvi",
-    "make_null_input_dataset": "pvi",
-    "add_threshold_samples": "aum",
-    "flag_mislabeled": "aum",
-}
+from .pvi import PVIScorer, make_null_input_dataset
+from .registry import get_scorer, get_scorer_class, list_scorers, register_scorer
+from .similarity import GradientSimilarityScorer
+from .vog import VoGScorer
 
 __all__ = [
-    "BUILTIN_SCORER_MODULES",
     "POLARITIES",
+    "DynamicsScorer",
+    "EL2NScorer",
+    "EffortScorer",
+    "EntropyScorer",
+    "GraNdScorer",
+    "GradientSimilarityScorer",
+    "InfluenceScorer",
+    "InputNormScorer",
+    "LossScorer",
+    "ModelOutputScorer",
+    "PVIScorer",
+    "PerplexityScorer",
     "Scorer",
+    "TracInScorer",
+    "VoGScorer",
+    "add_threshold_samples",
+    "flag_mislabeled",
     "get_scorer",
     "get_scorer_class",
     "iter_checkpoints",
     "list_scorers",
     "load_checkpoint",
+    "make_null_input_dataset",
     "model_fingerprint",
     "pad_batch",
     "register_scorer",
-    *_LAZY,
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value
-        return value
-    # Scorers of other families (gradients, vog, influence, effort) are found in their modules by name.
-    for module in BUILTIN_SCORER_MODULES:
-        if importlib.util.find_spec(f"{__name__}.{module}") is None:
-            continue
-        mod = importlib.import_module(f"{__name__}.{module}")
-        if hasattr(mod, name):
-            value = getattr(mod, name)
-            globals()[name] = value
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,341 +1,53 @@
-"""The scorer contract: a callable that adds one float32 score column to a ``datasets.Dataset``.
+"""The scorer contract: `Scorer`, a callable that adds one float32 score column to a ``datasets.Dataset``.
 
 A scorer is used through ``Dataset.map(batched=True)``. The map call gets pinned output ``Features`` (the input
-features plus one ``float32`` column, NaN for missing values) and a ``new_fingerprint`` built from the dataset's
-fingerprint, the scorer's configuration and a hash of the model weights or checkpoint files. Model weights are never
-pickled for hashing: a second identical call on a cached dataset is served from the ``datasets`` cache, and a changed
-checkpoint is recomputed.
+features plus one ``float32`` column, NaN for missing values, its polarity recorded on the feature) and a
+``new_fingerprint`` built from the dataset's fingerprint, the scorer's configuration and a hash of the model weights
+or checkpoint files (`hf_influence.fingerprints`). Model weights are never pickled for hashing: a second identical
+call on a cached dataset is served from the ``datasets`` cache, and a changed checkpoint is recomputed. Inside a
+multi-process job the call is sharded over the ranks (`hf_influence.scorers.sharding`).
 
-This module also holds the registry (``register_scorer``, ``get_scorer``, ``list_scorers``) and the helpers shared by
-model-based scorers: ``model_fingerprint``, ``load_checkpoint``, ``iter_checkpoints`` and ``pad_batch``.
+The plumbing scorers share lives in the modules of its concern: `hf_influence.fingerprints` (`model_fingerprint`,
+`dataset_fingerprint`), `hf_influence.checkpoints` (`load_checkpoint`, `iter_checkpoints`), `hf_influence.batching`
+(`pad_batch`, `TOKEN_COLUMNS`, `resolve_pad_multiple`), `hf_influence.scorers.joins` (`count_unknown_ids`) and
+`hf_influence.scorers.registry` (`register_scorer`, `get_scorer`, `list_scorers`). The names of the first four are
+also importable from here, as they were before the split.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
-import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from transformers.utils import logging
 
+from ..batching import GRAPH_PAD_MULTIPLE, TOKEN_COLUMNS, pad_batch, resolve_pad_multiple
+from ..checkpoints import iter_checkpoints, load_checkpoint
 from ..distributed import current_world
-from ..polarity import POLARITIES, score_feature
+from ..fingerprints import dataset_fingerprint, model_fingerprint
+from ..polarity import score_feature
 from ..tasks import TASKS
+from .joins import count_unknown_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
     import torch
 
-logger = logging.get_logger(__name__)
-
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fingerprints
-# ----------------------------------------------------------------------------------------------------------------
-
-_CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt")
-
-
-def _hash_file(path: Path, hasher: Any) -> None:
-    hasher.update(path.name.encode())
-    hasher.update(str(path.stat().st_size).encode())
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-
-
-def _hash_module(model: Any, hasher: Any) -> None:
-    import torch
-
-    hasher.update(type(model).__name__.encode())
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach()
-        hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        flat = tensor.reshape(-1).cpu().contiguous()
-        if flat.numel():
-            hasher.update(flat.view(torch.uint8).numpy().tobytes())
-
-
-def model_fingerprint(model_or_path: Any) -> str:
-    """A stable hash of a model's weights or of a checkpoint's files, for cache fingerprints.
-
-    Never pickles anything: for an ``nn.Module`` it hashes the class name and every ``state_dict`` tensor's name,
-    dtype, shape and raw bytes; for a local file it hashes the file's name, size and bytes; for a local folder it does
-    the same for every weight/config/tokenizer file in it (sorted, sub-folders excluded). A Hub id that is not a local
-    path is resolved in the local Hub cache (offline); if it is not cached, the id and revision string are hashed
-    (with a warning that a later push to the same revision would not invalidate the cache). A sequence hashes each
-    element in order.
-
-    Args:
-        model_or_path (`torch.nn.Module`, `str`, `os.PathLike` or a sequence of these): what to fingerprint.
-
-    Returns:
-        `str`: a 32-character hex digest.
-
-    Example:
-        ```python
-        >>> from transformers import BertConfig, BertForSequenceClassification
-        >>> model = BertForSequenceClassification(BertConfig(hidden_size=8, num_hidden_layers=1,
-        ...                                                  num_attention_heads=1, intermediate_size=8))
-        >>> len(model_fingerprint(model))
-        32
-        ```
-    """
-    hasher = hashlib.blake2b(digest_size=16)
-    _update_fingerprint(model_or_path, hasher)
-    return hasher.hexdigest()
-
-
-def _update_fingerprint(obj: Any, hasher: Any) -> None:
-    if obj is None:
-        hasher.update(b"none")
-        return
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):
-        _hash_module(obj, hasher)
-        return
-    if isinstance(obj, (str, os.PathLike)):
-        path = Path(obj)
-        if path.is_file():
-            _hash_file(path, hasher)
-            return
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES)
-            if not files:
-                raise ValueError(
-                    f"Folder {path} holds no checkpoint files (expected one of {', '.join(_CHECKPOINT_SUFFIXES)}). "
-                    "Pass the folder saved by `save_pretrained`, or the model object itself."
-                )
-            for file in files:
-                _hash_file(file, hasher)
-            return
-        local = _resolve_hub_snapshot(str(obj))
-        if local is not None:
-            _update_fingerprint(local, hasher)
-            return
-        logger.warning(
-            f"{obj!r} is neither a local path nor a cached Hub repo; fingerprinting its name only. Pin a `revision` "
-            "or pass a local folder so that changed weights invalidate the score cache."
-        )
-        hasher.update(f"hub:{obj}".encode())
-        return
-    if isinstance(obj, Sequence):
-        hasher.update(f"seq{len(obj)}".encode())
-        for item in obj:
-            _update_fingerprint(item, hasher)
-        return
-    raise TypeError(
-        f"Cannot fingerprint an object of type {type(obj).__name__}: pass a torch.nn.Module, a checkpoint path or a "
-        "Hub id (or a list of these)."
-    )
-
-
-def _resolve_hub_snapshot(repo_id: str) -> Path | None:
-    """The local snapshot folder of a cached Hub repo, without any network access, or None."""
-    if not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", repo_id):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
-        return None
-
-
-def dataset_fingerprint(dataset: Any) -> str:
-    """The fingerprint ``datasets`` keeps for a ``Dataset`` (``dataset._fingerprint``)."""
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    if fingerprint is None:
-        raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
-    return str(fingerprint)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def load_checkpoint(ref: Any, task: str = "sequence_classification", **kwargs: Any) -> torch.nn.Module:
-    """Load a model for scoring and put it in eval mode.
-
-    Args:
-        ref (`torch.nn.Module`, `str` or `os.PathLike`): a model object (returned in eval mode, not copied), a local
-            folder saved by `save_pretrained`, a local `.gguf` file, or a Hub id (served from the local cache when
-            `HF_HUB_OFFLINE=1`).
-        task (`str`, defaults to `"sequence_classification"`): `"sequence_classification"` or `"causal_lm"`; picks the
-            `AutoModelFor...` class.
-        **kwargs: passed to `from_pretrained` (e.g. `revision`, `dtype`, `num_labels`). Without `dtype` the
-            checkpoint's own dtype is kept (transformers 5), with a warning when that is half precision.
-
-    Returns:
-        `torch.nn.Module`: the model in eval mode.
-
-    Raises:
-        ValueError: for an unknown task.
-    """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; valid tasks are {', '.join(TASKS)}.")
-    if hasattr(ref, "state_dict") and hasattr(ref, "eval"):
-        return ref.eval()
-    if not isinstance(ref, (str, os.PathLike)):
-        raise TypeError(f"Cannot load a checkpoint from {type(ref).__name__}: pass a model, a local path or a Hub id.")
-    import transformers
-
-    from .. import mlp_head  # noqa: F401  (registers the MLP-head model type with the Auto classes)
-
-    auto = (
-        transformers.AutoModelForSequenceClassification
-        if task == "sequence_classification"
-        else transformers.AutoModelForCausalLM
-    )
-    path = Path(ref)
-    if path.is_file() and path.suffix == ".gguf":
-        kwargs.setdefault("gguf_file", path.name)
-        ref = path.parent
-    import torch
-
-    model = auto.from_pretrained(str(ref), **kwargs)
-    dtype = next(model.parameters()).dtype
-    if "dtype" not in kwargs and "torch_dtype" not in kwargs and dtype in (torch.float16, torch.bfloat16):
-        logger.warning(
-            f"{ref} was loaded in {dtype} (transformers keeps the checkpoint's dtype): scores are computed in half "
-            "precision. Pass model_kwargs={'dtype': torch.float32} to the scorer for full-precision scores."
-        )
-    return model.eval()
-
-
-def iter_checkpoints(ref: Any) -> list[Any]:
-    """Expand a run folder into its ``checkpoint-<step>`` sub-folders, sorted by step.
-
-    Args:
-        ref: a `Trainer` output folder (holding `checkpoint-*` folders), a single checkpoint (folder, file, Hub id or
-            model), or a list of these (each expanded, order kept).
-
-    Returns:
-        `list`: checkpoint references, one per checkpoint.
-
-    Raises:
-        ValueError: if the list is empty.
-    """
-    if isinstance(ref, (list, tuple)):
-        out = [item for r in ref for item in iter_checkpoints(r)]
-        if not out:
-            raise ValueError("Got an empty list of checkpoints; pass at least one model, folder or Hub id.")
-        return out
-    if isinstance(ref, (str, os.PathLike)) and Path(ref).is_dir():
-        subdirs = [p for p in Path(ref).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
-        if subdirs:
-            return sorted(subdirs, key=lambda p: int(p.name.split("-")[1]))
-    return [ref]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Padding
-# ----------------------------------------------------------------------------------------------------------------
-
-_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100}
-
-
-#: The tokenizer output columns a model takes (what a scorer pads and a text column is tokenized into).
-TOKEN_COLUMNS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
-
-#: Padding multiple used with CUDA graphs when none is given: one captured graph per padded length, so keep them few.
-GRAPH_PAD_MULTIPLE = 64
-
-
-def resolve_pad_multiple(pad_to_multiple_of: int | None, cuda_graph: bool = False) -> int | None:
-    """The padding multiple a scorer uses: `pad_to_multiple_of` checked, or `GRAPH_PAD_MULTIPLE` with `cuda_graph`.
-
-    Raises:
-        ValueError: if `pad_to_multiple_of` is not a positive integer.
-    """
-    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-        raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}.")
-    if pad_to_multiple_of is None and cuda_graph:
-        return GRAPH_PAD_MULTIPLE
-    return pad_to_multiple_of
-
-
-def pad_batch(
-    rows: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
-    tokenizer: Any = None,
-    pad_token_id: int = 0,
-    keys: Iterable[str] = (*TOKEN_COLUMNS, "labels"),
-    pad_to_multiple_of: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Dynamically pad token sequences of a batch to the batch's longest row (right padding).
-
-    Args:
-        rows (`dict[str, list]` or `list[dict]`): a `datasets` batch (columns of lists) or a list of rows. Must hold
-            `input_ids`; `attention_mask`, `token_type_ids` and `labels` are padded when present.
-        tokenizer (*optional*): its `pad_token_id` (or `eos_token_id` when it has none) is used for `input_ids`.
-        pad_token_id (`int`, defaults to 0): pad id when no tokenizer is given.
-        keys (`Iterable[str]`): which sequence columns to pad; other columns are ignored.
-        pad_to_multiple_of (`int`, *optional*): round the padded length up to a multiple of this (fewer distinct
-            shapes, e.g. for CUDA graphs).
-
-    Returns:
-        `dict[str, torch.Tensor]`: int64 tensors `[B, T]`, always with an `attention_mask` (1 on real tokens).
-        Padded `labels` positions are -100.
-
-    Example:
-        ```python
-        >>> pad_batch({"input_ids": [[5, 6, 7], [8]]})["attention_mask"].tolist()
-        [[1, 1, 1], [1, 0, 0]]
-        ```
-    """
-    import torch
-
-    if isinstance(rows, Mapping):
-        columns = {k: list(v) for k, v in rows.items()}
-    else:
-        rows = list(rows)
-        columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else {})}
-    if "input_ids" not in columns:
-        raise ValueError(
-            f"pad_batch needs an 'input_ids' column, got {sorted(columns)}. Tokenize the dataset first or pass "
-            "text_columns and a tokenizer to the scorer."
-        )
-    if tokenizer is not None:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        pad_token_id = int(pad) if pad is not None else pad_token_id
-    ids = columns["input_ids"]
-    lengths = [len(x) for x in ids]
-    width = max(lengths) if lengths else 0
-    multiple = resolve_pad_multiple(pad_to_multiple_of)
-    if multiple is not None:
-        width = -(-width // multiple) * multiple
-    out: dict[str, torch.Tensor] = {}
-    for key in keys:
-        if key not in columns:
-            continue
-        fill = pad_token_id if key == "input_ids" else _PAD_VALUES.get(key, 0)
-        tensor = torch.full((len(ids), width), fill, dtype=torch.long)
-        for i, seq in enumerate(columns[key]):
-            if len(seq) != lengths[i]:
-                raise ValueError(f"Row {i}: {key!r} has length {len(seq)} but input_ids has length {lengths[i]}.")
-            if len(seq):
-                tensor[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        out[key] = tensor
-    if "attention_mask" not in out:
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, length in enumerate(lengths):
-            mask[i, :length] = 1
-        out["attention_mask"] = mask
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scorer base class
-# ----------------------------------------------------------------------------------------------------------------
-
+__all__ = [
+    "GRAPH_PAD_MULTIPLE",
+    "TASKS",
+    "TOKEN_COLUMNS",
+    "Scorer",
+    "count_unknown_ids",
+    "dataset_fingerprint",
+    "iter_checkpoints",
+    "load_checkpoint",
+    "model_fingerprint",
+    "pad_batch",
+    "resolve_pad_multiple",
+]
 
 
 def _single_threaded_worker() -> None:
@@ -350,18 +62,6 @@ def _single_threaded_worker() -> None:
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
 
-
-def count_unknown_ids(dataset: Any, id_column: str, known_ids: Any, scorer: str, fix: str) -> tuple[int, int]:
-    """For scorers that join precomputed values by example id: `(ids of dataset without a value, all ids)`.
-
-    Raises:
-        ValueError: if `dataset` has no `id_column`, naming the scorer and `fix` (how to add the ids).
-    """
-    if id_column not in dataset.column_names:
-        raise ValueError(f"{scorer} joins on {id_column!r}, which is not in the dataset (columns: "
-                         f"{dataset.column_names}). {fix}")
-    ids = np.asarray(dataset[id_column])
-    return int((~np.isin(ids, np.asarray(known_ids))).sum()), len(ids)
 
 
 class Scorer:
@@ -586,118 +286,3 @@ class Scorer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.config_dict(), default=str)})"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Registry
-# ----------------------------------------------------------------------------------------------------------------
-
-_SCORERS: dict[str, type[Scorer]] = {}
-_IMPORT_ERRORS: dict[str, str] = {}
-
-#: Modules of `hf_influence.scorers` whose scorers register themselves when imported (missing ones are skipped).
-BUILTIN_SCORER_MODULES: tuple[str, ...] = (
-    "model_outputs",
-    "dynamics",
-    "pvi",
-    "gradients",
-    "vog",
-    "influence",
-    "effort",
-    "similarity",
-)
-
-
-def register_scorer(cls: type[Scorer] | None = None, /, *, name: str | None = None, overwrite: bool = False) -> Any:
-    """Register a `Scorer` subclass under `name` (defaults to `cls.name`). Usable as a decorator.
-
-    Args:
-        cls (`type[Scorer]`, *optional*): the class (when used as `@register_scorer`).
-        name (`str`, *optional*, keyword-only): registry name; defaults to `cls.name`.
-        overwrite (`bool`, keyword-only): replace an existing registration of the same name.
-
-    Returns:
-        The class (decorator use) or a decorator.
-
-    Example:
-        ```python
-        >>> @register_scorer(name="my_length")
-        ... class MyLength(Scorer):
-        ...     name, polarity, definition, paper = "my_length", "higher_is_harder", "len(input_ids)", "-"
-        ...     def score_batch(self, batch):
-        ...         return [len(x) for x in batch["input_ids"]]
-        >>> "my_length" in list_scorers()
-        True
-        ```
-    """
-
-    def decorator(klass: type[Scorer]) -> type[Scorer]:
-        if not (isinstance(klass, type) and issubclass(klass, Scorer)):
-            raise TypeError(f"register_scorer expects a subclass of Scorer, got {klass!r}.")
-        key = name or klass.name
-        if not key:
-            raise ValueError(f"{klass.__name__} has no `name`; set the class attribute or pass name=... .")
-        if klass.polarity is not None and klass.polarity not in POLARITIES:
-            raise ValueError(
-                f"{klass.__name__}.polarity is {klass.polarity!r}; it must be one of {', '.join(POLARITIES)}, or None "
-                "for a score with no hard/easy reading."
-            )
-        existing = _SCORERS.get(key)
-        if existing is not None and existing is not klass and not overwrite:
-            raise ValueError(
-                f"A scorer named {key!r} is already registered ({existing.__module__}.{existing.__name__}). "
-                "Choose another name or pass overwrite=True."
-            )
-        _SCORERS[key] = klass
-        return klass
-
-    if cls is not None:
-        return decorator(cls)
-    return decorator
-
-
-def _load_builtin_scorers() -> None:
-    for module in BUILTIN_SCORER_MODULES:
-        full = f"hf_influence.scorers.{module}"
-        if full in _IMPORT_ERRORS:
-            continue
-        if importlib.util.find_spec(full) is None:
-            continue
-        try:
-            importlib.import_module(full)
-        except Exception as err:  # noqa: BLE001 - one broken module must not hide the other scorers
-            _IMPORT_ERRORS[full] = f"{type(err).__name__}: {err}"
-            logger.warning(f"Could not import {full}; its scorers are unavailable ({_IMPORT_ERRORS[full]}).")
-
-
-def list_scorers() -> list[str]:
-    """Names of all registered scorers (built-in ones are imported on first call), sorted."""
-    _load_builtin_scorers()
-    return sorted(_SCORERS)
-
-
-def get_scorer_class(name: str) -> type[Scorer]:
-    """The registered `Scorer` subclass called `name`.
-
-    Raises:
-        ValueError: for an unknown name, listing the valid ones.
-    """
-    _load_builtin_scorers()
-    if name not in _SCORERS:
-        hint = ""
-        if _IMPORT_ERRORS:
-            failed = "; ".join(f"{k} ({v})" for k, v in _IMPORT_ERRORS.items())
-            hint = f" Some scorer modules failed to import: {failed}"
-        raise ValueError(f"Unknown scorer {name!r}. Valid scorers: {', '.join(sorted(_SCORERS)) or '(none)'}.{hint}")
-    return _SCORERS[name]
-
-
-def get_scorer(name: str, **config: Any) -> Scorer:
-    """Instantiate the registered scorer `name` with keyword `config`.
-
-    Example:
-        ```python
-        >>> scorer = get_scorer("el2n", model=model, batch_size=16)  # doctest: +SKIP
-        ```
-    """
-    return get_scorer_class(name)(**config)

@@ -28,7 +28,9 @@ from transformers.utils import logging
 
 from hf_influence.data import EXAMPLE_ID_COLUMN
 
-from .base import Scorer, count_unknown_ids, register_scorer
+from .base import Scorer
+from .joins import count_unknown_ids
+from .registry import register_scorer
 
 logger = logging.get_logger(__name__)
 

@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..batching import pad_batch, resolve_pad_multiple
+from ..fingerprints import model_fingerprint
 from ..tasks import task_of_model_class, unwrap_model
-from .base import Scorer, model_fingerprint, pad_batch, register_scorer, resolve_pad_multiple
+from .base import Scorer
+from .registry import register_scorer
 
 logger = logging.get_logger(__name__)
 

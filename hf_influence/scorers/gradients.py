@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..batching import resolve_pad_multiple
 from ..grads import PerExampleGradNorms
-from .base import register_scorer, resolve_pad_multiple
 from .model_outputs import ModelOutputScorer
+from .registry import register_scorer
 
 logger = logging.get_logger(__name__)
 

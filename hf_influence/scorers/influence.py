@@ -28,6 +28,7 @@ import torch
 from transformers.utils import logging
 
 from ..distributed import World, broadcast_object
+from ..fingerprints import dataset_fingerprint, model_fingerprint
 from ..grads.hvp import (
     InverseHVPInfo,
     conjugate_gradient_inverse_hvp,
@@ -36,7 +37,8 @@ from ..grads.hvp import (
     mean_gradient,
     unflatten_vector,
 )
-from .base import Scorer, dataset_fingerprint, model_fingerprint, register_scorer
+from .base import Scorer
+from .registry import register_scorer
 from .sharding import scorer_world, use_rank_device
 
 logger = logging.get_logger(__name__)

@@ -18,17 +18,12 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..batching import TOKEN_COLUMNS, pad_batch, resolve_pad_multiple
+from ..checkpoints import iter_checkpoints, load_checkpoint
+from ..fingerprints import model_fingerprint
 from ..tasks import TASKS
-from .base import (
-    TOKEN_COLUMNS,
-    Scorer,
-    iter_checkpoints,
-    load_checkpoint,
-    model_fingerprint,
-    pad_batch,
-    register_scorer,
-    resolve_pad_multiple,
-)
+from .base import Scorer
+from .registry import register_scorer
 
 logger = logging.get_logger(__name__)
 

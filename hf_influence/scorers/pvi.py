@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .base import TOKEN_COLUMNS, Scorer, register_scorer
+from ..batching import TOKEN_COLUMNS
+from .base import Scorer
 from .model_outputs import LossScorer
+from .registry import register_scorer
 
 
 def make_null_input_dataset(dataset: Any, text_columns: str | Sequence[str], null_text: str = "") -> Any:

@@ -10,7 +10,9 @@ import numpy as np
 from transformers.utils import logging
 
 from ..data import EXAMPLE_ID_COLUMN
-from .base import Scorer, count_unknown_ids, register_scorer
+from .base import Scorer
+from .joins import count_unknown_ids
+from .registry import register_scorer
 
 logger = logging.get_logger(__name__)
 

@@ -29,11 +29,12 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.utils import logging
 
+from ..checkpoints import load_checkpoint
 from ..grads import input_embedding_gradients
 from ..grads.input_grads import INPUT_GRADIENT_TARGETS
 from ..normalization import class_zscore, dataset_zscore
-from .base import load_checkpoint, register_scorer
 from .model_outputs import ModelOutputScorer
+from .registry import register_scorer
 from .sharding import scorer_world, sharded_values
 
 logger = logging.get_logger(__name__)
