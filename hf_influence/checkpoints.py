@@ -1,8 +1,8 @@
 """Checkpoints: load a model for scoring, and expand a training run folder into its checkpoints.
 
 A checkpoint reference is a model object, a local folder saved by `save_pretrained`, a local `.gguf` file or a Hub
-id. The task (`hf_influence.tasks.TASKS`) picks the `AutoModelFor...` class; scorers, VoG and the experiment helpers
-all load through `load_checkpoint`.
+id. The task (`hf_influence.tasks.TASKS`) picks the `AutoModelFor...` class (`auto_model_class`); scorers, VoG,
+GraNd at initialisation and the experiment helpers all load through `load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,24 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.get_logger(__name__)
+
+
+def auto_model_class(task: str) -> Any:
+    """The transformers Auto class that builds a model of `task`: `AutoModelForSequenceClassification` or
+    `AutoModelForCausalLM`.
+
+    Raises:
+        ValueError: for a task outside `TASKS`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; valid tasks are {', '.join(TASKS)}.")
+    import transformers
+
+    from . import mlp_head  # noqa: F401  (registers the MLP-head model type with the Auto classes)
+
+    if task == "sequence_classification":
+        return transformers.AutoModelForSequenceClassification
+    return transformers.AutoModelForCausalLM
 
 
 def load_checkpoint(ref: Any, task: str = "sequence_classification", **kwargs: Any) -> torch.nn.Module:
@@ -40,21 +58,11 @@ def load_checkpoint(ref: Any, task: str = "sequence_classification", **kwargs: A
     Raises:
         ValueError: for an unknown task.
     """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; valid tasks are {', '.join(TASKS)}.")
+    auto = auto_model_class(task)
     if hasattr(ref, "state_dict") and hasattr(ref, "eval"):
         return ref.eval()
     if not isinstance(ref, (str, os.PathLike)):
         raise TypeError(f"Cannot load a checkpoint from {type(ref).__name__}: pass a model, a local path or a Hub id.")
-    import transformers
-
-    from . import mlp_head  # noqa: F401  (registers the MLP-head model type with the Auto classes)
-
-    auto = (
-        transformers.AutoModelForSequenceClassification
-        if task == "sequence_classification"
-        else transformers.AutoModelForCausalLM
-    )
     path = Path(ref)
     if path.is_file() and path.suffix == ".gguf":
         kwargs.setdefault("gguf_file", path.name)

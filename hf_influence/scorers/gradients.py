@@ -17,6 +17,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..batching import resolve_pad_multiple
+from ..checkpoints import auto_model_class, load_checkpoint
 from ..grads import PerExampleGradNorms
 from .model_outputs import ModelOutputScorer
 from .registry import register_scorer
@@ -132,11 +133,7 @@ class GraNdScorer(_GradientNormScorer):
         import torch
         import transformers
 
-        auto = (
-            transformers.AutoModelForSequenceClassification
-            if task == "sequence_classification"
-            else transformers.AutoModelForCausalLM
-        )
+        auto = auto_model_class(task)
         seeds = [int(s) for s in seeds]
         models = []
         for seed in seeds:
@@ -144,7 +141,7 @@ class GraNdScorer(_GradientNormScorer):
             if isinstance(model, transformers.PretrainedConfig):
                 models.append(auto.from_config(model).eval())
             else:
-                models.append(auto.from_pretrained(str(model), **(model_kwargs or {})).eval())
+                models.append(load_checkpoint(str(model), task=task, **(model_kwargs or {})))
         if not models:
             raise ValueError("at_initialization needs at least one seed.")
         scorer = cls(models, task=task, **kwargs)
