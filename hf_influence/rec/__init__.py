@@ -1,5 +1,6 @@
-"""Sequential-recommendation pieces for the DEALRec recipe: user data, the SASRec surrogate, prompts, grounding and
-Recall/NDCG metrics. Names are imported lazily (``transformers`` models load only when used)."""
+"""Sequential-recommendation pieces for the DEALRec recipe: user data, the SASRec surrogate, prompts, grounding,
+Recall/NDCG metrics and the few-shot LoRA stages (`hf_influence.rec.fewshot`). Names are imported lazily
+(``transformers`` models load only when used)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ _EXPORTS: dict[str, str] = {
     "recall_at_k": "hf_influence.rec.metrics",
     "ndcg_at_k": "hf_influence.rec.metrics",
     "ranking_metrics": "hf_influence.rec.metrics",
+    "per_user_ranking_metrics": "hf_influence.rec.metrics",
+    # the few-shot LoRA recipe's stages (recipes/rec_fewshot_lora.py)
+    "FewShotRuns": "hf_influence.rec.fewshot",
+    "method_selections": "hf_influence.rec.fewshot",
+    "scored_user_dataset": "hf_influence.rec.fewshot",
+    "evaluate_recommender": "hf_influence.rec.fewshot",
     "load_recall_ndcg": "hf_influence.rec.metrics",
     "RECALL_NDCG_PATH": "hf_influence.rec.metrics",
 }
