@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers.utils import logging
 
+from ..tasks import unwrap_model
+
 logger = logging.get_logger(__name__)
 
 
 def _backbone(model):
     """The module whose ``last_hidden_state`` equals the LM's last entry of ``hidden_states`` (decoder, unwrapped)."""
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
+    model = unwrap_model(model)  # peft.PeftModel -> its base model (adapters included)
     getter = getattr(model, "get_decoder", None)
     if callable(getter):
         try:
