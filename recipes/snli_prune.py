@@ -91,7 +91,7 @@ class PruningArguments:
         """The selections to evaluate, with the weighted strategy's options and --class_balanced applied."""
         if self.selections == ["none"]:  # only random and full data (e.g. the learning curve)
             return []
-        items = self.selections or [f"{s}:{sc.SCORES[s].default_strategy}" for s in scores]
+        items = self.selections or [sc.SCORES[s].default_selection for s in scores]
         out = []
         for item in items:
             score = item.split(":", 1)[0]

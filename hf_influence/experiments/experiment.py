@@ -50,7 +50,11 @@ _IGNORED_TRAINING_FIELDS = frozenset({
 
 
 def _content_hash(dataset: Any, columns: Sequence[str]) -> str:
-    """A hash of the values of `columns` (those present) and of the number of rows."""
+    """A hash of the values of `columns` (those present) and of the number of rows (of the values, not of how Arrow
+    happens to lay them out: a sliced or re-written table with the same values hashes the same)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     hasher = hashlib.blake2b(digest_size=16)
     hasher.update(str(len(dataset)).encode())
     table = dataset.with_format("arrow")[:] if len(dataset) else None
@@ -58,11 +62,11 @@ def _content_hash(dataset: Any, columns: Sequence[str]) -> str:
         if table is None or name not in dataset.column_names:
             continue
         hasher.update(name.encode())
-        column = table.column(name)
-        for chunk in column.chunks:
-            for buffer in chunk.buffers():
-                if buffer is not None:
-                    hasher.update(memoryview(buffer))
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            hasher.update(np.asarray(pc.list_value_length(column).fill_null(-1)).astype(np.int64).tobytes())
+            column = column.flatten()
+        hasher.update(np.asarray(column.to_numpy(zero_copy_only=False)).tobytes())
     return hasher.hexdigest()
 
 

@@ -38,12 +38,22 @@ class ScoreSpec:
             the final checkpoints of the scoring runs against a run fine-tuned on empty inputs).
         default_strategy: the `select_by_score` strategy used unless `--selections` says otherwise (read with the
             column's polarity, which the scorer records).
+        description: how the column is made.
+        default_class_balanced: whether the default selection is class-balanced (gradient cosine: its mean over a
+            mixed-label target ranks whole classes first; class-balanced, it beat class-balanced random on SNLI,
+            recipes/README.md "The pruning curve").
     """
 
     name: str
     source: str
     default_strategy: str
     description: str
+    default_class_balanced: bool = False
+
+    @property
+    def default_selection(self) -> str:
+        """The default `"score:strategy[:balanced]"` of this score."""
+        return f"{self.name}:{self.default_strategy}" + (":balanced" if self.default_class_balanced else "")
 
 
 SCORES: dict[str, ScoreSpec] = {
@@ -71,7 +81,8 @@ SCORES: dict[str, ScoreSpec] = {
                   "TracIn self-influence summed over the N_c checkpoints of one run"),
         ScoreSpec("grad_cosine", "trajectory", "highest",
                   "mean (--similarity_reduce) gradient cosine with --target_samples held-out validation pairs, "
-                  "summed over the N_c checkpoints of one run (LESS-style targeted selection); keep the most similar"),
+                  "summed over the N_c checkpoints of one run (LESS-style targeted selection); keep the most similar",
+                  default_class_balanced=True),
         ScoreSpec("pvi", "null", "hardest",
                   "pointwise V-information (bits): log2 p(y|x) at the end of epoch --pvi_epoch of every scoring run "
                   "(mean over seeds) minus log2 p(y|empty pair) of a model fine-tuned --pvi_epoch epochs on empty "
@@ -85,8 +96,9 @@ class ScoringPlan:
     """What to score and how: the scoring runs and the scorers' options (also the recipe's flags)."""
 
     scores: list[str] = field(
-        default_factory=lambda: ["el2n", "forgetting", "vog_class", "vog_dataset"],
-        metadata={"help": f"Scores to compute and prune with. Valid: {', '.join(SCORES)}."},
+        default_factory=lambda: ["grad_cosine", "el2n", "forgetting", "vog_class", "vog_dataset"],
+        metadata={"help": f"Scores to compute and prune with. Valid: {', '.join(SCORES)}. The default puts the "
+                  "selection measured to beat random (class-balanced grad_cosine) next to the paper's four."},
     )
     scoring_seeds: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "Seeds of the scoring runs (scores are averaged over them)."}
