@@ -242,7 +242,8 @@ class ExperimentResult:
                 diff, p, verdict = "", "", "baseline" if r["selection"] != FULL_DATA else "reference"
             else:
                 diff = f"{fmt(r['diff_mean'])} [{fmt(r['diff_ci_low'])}, {fmt(r['diff_ci_high'])}]"
-                p = "n/a" if not np.isfinite(r["p_value"]) else f"{r['p_value']:.3f}"
+                p = "n/a" if not np.isfinite(r["p_value"]) else "<0.001" if r["p_value"] < 0.001 else \
+                    f"{r['p_value']:.3f}"
                 verdict = ("beats random" if r["beats_random"] else "loses to random" if r["loses_to_random"]
                            else "cannot be told apart")
             keep = f"{r['keep_fraction']:.2f}"
