@@ -35,6 +35,7 @@ SCRIPT = textwrap.dedent(
 
     sys.path.insert(0, sys.argv[3])  # the tests folder
     from conftest import tiny_bert_config
+    from test_influence import TinyNet, collate, per_sample_loss  # the influence tests' network (6 -> 9 -> 9 -> 4)
 
     from hf_influence.distributed import current_world, shard_range
     from hf_influence.grads import load_projected_gradients, write_projected_gradients
@@ -90,26 +91,6 @@ SCRIPT = textwrap.dedent(
     results["second_call_batches"] = len(calls)
     results["second_call_equal"] = bool(np.array_equal(np.asarray(second["el2n"], dtype=np.float64), results["el2n"]))
     results["second_call_cache_file"] = os.path.basename(second.cache_files[-1]["filename"])
-
-
-    class TinyNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 9),
-                                            torch.nn.Tanh())
-            self.head = torch.nn.Linear(9, 4)
-
-        def forward(self, x):
-            return self.head(self.body(x))
-
-
-    def per_sample_loss(model, batch):
-        return torch.nn.functional.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
-
-
-    def collate(rows):
-        return {"x": torch.tensor([r["x"] for r in rows], dtype=torch.float64),
-                "y": torch.tensor([r["y"] for r in rows], dtype=torch.long)}
 
 
     g = torch.Generator().manual_seed(0)
