@@ -25,15 +25,13 @@ import numpy as np
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .results import ExperimentResult
+from .results import BEST_MODEL_DIRNAME, BEST_RUN_FILENAME, RESULTS_FILENAME, ExperimentResult
 from .selections import FULL_DATA, Selection, random_selection
 
 logger = logging.get_logger(__name__)
 
-RESULTS_FILENAME = "results.csv"
 CONFIG_FILENAME = "experiment.json"
 LOG_FILENAME = "train.log"
-BEST_MODEL_DIRNAME = "best_pruned_model"
 
 #: TrainingArguments fields that cannot change a run's result (left out of the experiment's fingerprint).
 _IGNORED_TRAINING_FIELDS = frozenset({
@@ -57,10 +55,11 @@ def _content_hash(dataset: Any, columns: Sequence[str]) -> str:
 
     hasher = hashlib.blake2b(digest_size=16)
     hasher.update(str(len(dataset)).encode())
-    table = dataset.with_format("arrow")[:] if len(dataset) else None
-    for name in columns:
-        if table is None or name not in dataset.column_names:
-            continue
+    present = [name for name in columns if name in dataset.column_names]
+    if not len(dataset) or not present:
+        return hasher.hexdigest()
+    table = dataset.select_columns(present).with_format("arrow")[:]  # only the hashed columns are materialised
+    for name in present:
         hasher.update(name.encode())
         column = table.column(name).combine_chunks()
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
@@ -490,7 +489,7 @@ class PruningExperiment:
         log_path = output_dir / LOG_FILENAME
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="pruning experiment", unit="run",
                    disable=not (progress and is_main))
-        best = self._best_so_far(result)
+        best = result.best_run()
         for selection, keep, seed in todo:
             run_id = self.run_id(selection, keep, seed)
             bar.set_postfix_str(run_id, refresh=True)
@@ -550,10 +549,6 @@ class PruningExperiment:
             return None
         return float(row[name]) if self.greater_is_better else -float(row[name])
 
-    def _best_so_far(self, result: ExperimentResult) -> dict[str, Any] | None:
-        path = result.output_dir / BEST_MODEL_DIRNAME / "best_run.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
     def _maybe_save_best(self, best: dict[str, Any] | None, row: dict[str, Any], report: Any,
                          save: Callable[[Path], None], output_dir: Path, is_main: bool) -> dict[str, Any] | None:
         key = self._best_key(row)
@@ -566,5 +561,5 @@ class PruningExperiment:
             from ..store import atomic_write_bytes
 
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(str(folder / "best_run.json"), json.dumps(best, indent=2, default=str).encode())
+            atomic_write_bytes(str(folder / BEST_RUN_FILENAME), json.dumps(best, indent=2, default=str).encode())
         return best

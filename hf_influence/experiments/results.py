@@ -15,6 +15,8 @@ from ..statistics import mean_interval, paired_bootstrap, paired_t
 from .selections import FULL_DATA, RANDOM, RANDOM_BALANCED
 
 RESULTS_FILENAME = "results.csv"
+BEST_MODEL_DIRNAME = "best_pruned_model"
+BEST_RUN_FILENAME = "best_run.json"
 PER_EXAMPLE_DIRNAME = "per_example"
 
 #: Row columns that are not metrics.
@@ -295,7 +297,7 @@ class ExperimentResult:
         """The best pruned run saved by the experiment (`best_pruned_model/best_run.json`), if any."""
         if self.output_dir is None:
             return None
-        path = self.output_dir / "best_pruned_model" / "best_run.json"
+        path = self.output_dir / BEST_MODEL_DIRNAME / BEST_RUN_FILENAME
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write_best_model_card(self, *, base_model: str | None = None, dataset: str | None = None,
@@ -323,6 +325,6 @@ class ExperimentResult:
         card = render_model_card(base_model=base_model, dataset=dataset, selection=best.get("selection"),
                                  results=results, scorers=used, checkpoints=checkpoints, seeds=[int(row["seed"])],
                                  training=training, **card_kwargs)
-        path = self.output_dir / "best_pruned_model" / "README.md"
+        path = self.output_dir / BEST_MODEL_DIRNAME / "README.md"
         card.save(str(path))
         return path
