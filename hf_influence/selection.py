@@ -228,12 +228,7 @@ def select_by_score(
         ```
     """
     spec = get_strategy(strategy)
-    accepted = tuple(spec.defaults)
-    unknown = sorted(set(strategy_kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"Strategy {strategy!r} does not take {unknown}; it accepts {list(accepted) or 'no options'}."
-        )
+    spec.check_options(strategy_kwargs)
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"Unknown nan_policy {nan_policy!r}; valid values are {', '.join(NAN_POLICIES)}.")
     check_polarity(polarity)

@@ -295,6 +295,14 @@ class SelectionStrategy:
     uses_polarity: bool = True
     column_options: tuple[str, ...] = ()
 
+    def check_options(self, options: Any) -> None:
+        """Refuse options this strategy does not take, naming the ones it does."""
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"Strategy {self.name!r} does not take {unknown}; it accepts {list(self.defaults) or 'no options'}."
+            )
+
 
 _STRATEGIES: dict[str, SelectionStrategy] = {}
 

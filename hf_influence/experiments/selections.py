@@ -40,10 +40,7 @@ class Selection:
         spec = get_strategy(self.strategy)  # unknown strategies fail here, with the valid names
         if spec.needs_column and not self.score:
             raise ValueError(f"Selection with strategy {self.strategy!r} needs a score column.")
-        unknown = sorted(set(self.options) - set(spec.defaults))
-        if unknown:
-            raise ValueError(f"Strategy {self.strategy!r} does not take {unknown}; it accepts "
-                             f"{list(spec.defaults) or 'no options'}.")
+        spec.check_options(self.options)
         object.__setattr__(self, "options", dict(self.options))
 
     @property
