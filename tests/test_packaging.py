@@ -26,3 +26,17 @@ def test_installed_distribution_ships_templates_and_metric(tmp_path):
         [sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_setup_cfg_lists_every_source_package():
+    """`setup.cfg` names its packages one by one: a new sub-package missing there installs without it (a recipe run
+    from a wheel install then fails with ModuleNotFoundError while the source-tree tests pass)."""
+    import configparser
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    config = configparser.ConfigParser()
+    config.read(repo / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    in_tree = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "hf_influence").rglob("__init__.py")}
+    assert in_tree <= listed, f"add {sorted(in_tree - listed)} to [options] packages in setup.cfg"
