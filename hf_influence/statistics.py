@@ -10,7 +10,9 @@ selection at that fraction, so the two can be compared seed by seed. With `n` se
 - when seeds are few and the metric is an average over evaluation examples (Recall@K over test users), a paired
   bootstrap over the examples: resample the example indices with replacement (the same indices for both arms), take
   the mean over seeds of the per-seed difference of means, and read the percentile interval; its two-sided p-value is
-  `2 * min(P*(d <= 0), P*(d >= 0))` over the bootstrap draws (Efron & Tibshirani 1993, ch. 13 and 16).
+  `2 * min(P*(d <= 0), P*(d >= 0))` over the bootstrap draws (Efron & Tibshirani 1993, ch. 13 and 16);
+- a share counted on a finite set (the corrupted pairs among a score's hardest 5%): the exact Clopper-Pearson interval
+  of the binomial proportion (`proportion_interval`).
 """
 
 from __future__ import annotations
@@ -137,3 +139,29 @@ def paired_bootstrap(
     low, high = (float(x) for x in np.quantile(draws, [tail, 1.0 - tail]))
     p = float(min(1.0, 2.0 * min((draws <= 0).mean(), (draws >= 0).mean())))
     return PairedComparison(Interval(observed, low, high, int(a.shape[0])), p, PAIRED_BOOTSTRAP)
+
+
+def proportion_interval(successes: int, trials: int, confidence: float = 0.95) -> Interval:
+    """Share `successes / trials` with its exact (Clopper-Pearson) binomial confidence interval.
+
+    The bounds are the `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles of Beta distributions
+    (`Beta(k, n - k + 1)` below, `Beta(k + 1, n - k)` above; 0 and 1 at the ends), so the interval never leaves [0, 1]
+    and holds its level even for 0 or `n` successes (Clopper & Pearson 1934).
+
+    Example:
+        ```python
+        >>> iv = proportion_interval(0, 10)
+        >>> iv.low, round(iv.high, 4)  # 1 - 0.025 ** (1 / 10)
+        (0.0, 0.3085)
+        ```
+    """
+    from scipy import stats
+
+    _check_confidence(confidence)
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"proportion_interval needs 0 <= successes <= trials and trials >= 1, got {successes} of "
+                         f"{trials}.")
+    tail = (1.0 - confidence) / 2
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(tail, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(stats.beta.ppf(1.0 - tail, successes + 1, trials - successes))
+    return Interval(successes / trials, low, high, int(trials))

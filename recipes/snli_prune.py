@@ -43,7 +43,7 @@ from hf_influence.config_files import RecipeParser
 from hf_influence.experiments import PhaseTimer, PruningExperiment, Selection
 from hf_influence.experiments import scoring as sc
 from hf_influence.experiments import text_classification as tc
-from hf_influence.experiments.diagnostics import NOISE_TOP_FRACTION, input_norm_correlations, noise_in_hardest
+from hf_influence.experiments.diagnostics import NOISE_TOP_FRACTION, input_norm_correlations, noise_detection
 
 PAPER_RESULTS = {  # Anand et al. (EMNLP 2023), BERT_SMALL on SNLI, test accuracy (%), mean +- std over 3 runs
     "full data": "85.52 +- 0.14", "vog_class, 45% pruned (easy)": "85.04 +- 0.20", "vog_dataset, 45% pruned (easy)":
@@ -202,8 +202,7 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
     if state.is_main_process:
         with timer.phase("report"):
             result.save(output_dir)
-            noise = noise_in_hardest(scored.dataset, plan.scores)
-            grand_init = input_norm_correlations(scored.dataset)
+            noise, grand_init = noise_detection(scored.dataset, plan.scores), input_norm_correlations(scored.dataset)
             result.write_best_model_card(
                 base_model=model_args.model_name_or_path, scorers=scored.entries, checkpoints=scored.checkpoints,
                 dataset=prune_args.hub_repo_id if push else str(output_dir / "scored_dataset"),
@@ -214,13 +213,14 @@ def run(model_args, data_args, plan: sc.ScoringPlan, prune_args: PruningArgument
                                   "num_processes": state.num_processes, "device": str(state.device)},
                        "runs": json.loads(result.rows.to_json(orient="records")),
                        "summary": json.loads(result.summary().to_json(orient="records")),
-                       "paper_reference_test_accuracy": PAPER_RESULTS, "noise_in_hardest_5pct": noise or None,
+                       "paper_reference_test_accuracy": PAPER_RESULTS, "noise_in_hardest": noise.to_dict("records"),
                        "grand_at_initialization_spearman": grand_init or None}
             (output_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
         (output_dir / "timing.json").write_text(json.dumps(timer.to_dict(), indent=2))
         print("\n" + result.to_markdown())
-        if noise:
-            print(f"\nCorrupted pairs among each score's {100 * NOISE_TOP_FRACTION:g}% hardest: {noise}")
+        if len(noise):
+            print(f"\nCorrupted pairs in each score's {100 * NOISE_TOP_FRACTION:g}% hardest (95% CI, p vs random):\n"
+                  + noise.to_string(index=False))
         if grand_init:
             print(f"\nGraNd at initialisation, Spearman with the input norm and the length: {grand_init}")
         print(f"\nTiming (s):\n{timer.table()}\nOutputs in {output_dir}")

@@ -22,6 +22,7 @@ from hf_influence.statistics import (
     mean_interval,
     paired_bootstrap,
     paired_t,
+    proportion_interval,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,53 @@ def test_paired_bootstrap_matches_the_normal_interval_on_many_examples():
     assert cmp.p_value < 0.01
     null = paired_bootstrap(base + rng.normal(0, 0.1, size=base.shape), base, num_resamples=2000)
     assert null.difference.low < 0 < null.difference.high or null.p_value > 0.01
+
+
+def test_proportion_interval_is_the_exact_binomial_interval():
+    # the closed forms at the ends: (alpha/2)^(1/n)
+    assert proportion_interval(0, 10).low == 0.0 and proportion_interval(0, 10).high == pytest.approx(1 - 0.025 ** 0.1)
+    assert proportion_interval(10, 10).low == pytest.approx(0.025 ** 0.1) and proportion_interval(10, 10).high == 1.0
+    # scipy's exact interval (a second implementation)
+    for k, n in [(7, 20), (1, 100), (63, 100)]:
+        iv = proportion_interval(k, n)
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert (iv.mean, iv.low, iv.high, iv.n) == (k / n, pytest.approx(ci.low), pytest.approx(ci.high), n)
+    # exact coverage >= 95% at the noise level of the SNLI table (100 flagged pairs, 10% corrupted)
+    n, p = 100, 0.1
+    bounds = [proportion_interval(k, n) for k in range(n + 1)]
+    coverage = sum(stats.binom.pmf(k, n, p) for k, iv in enumerate(bounds) if iv.low <= p <= iv.high)
+    assert 0.95 <= coverage < 1.0
+    for bad in [(3, 2), (-1, 5), (0, 0)]:
+        with pytest.raises(ValueError, match="successes <= trials"):
+            proportion_interval(*bad)
+
+
+def test_noise_detection_on_a_hand_made_split():
+    from datasets import Dataset
+
+    from hf_influence.experiments.diagnostics import noise_detection
+    from hf_influence.polarity import set_polarity
+
+    # 20 pairs, 2 corrupted (rows 3 and 11): EL2N puts them highest, AUM lowest, "other" finds one of them
+    noisy = np.zeros(20, dtype=bool)
+    noisy[[3, 11]] = True
+    el2n = np.linspace(0.0, 0.5, 20)
+    el2n[[3, 11]] = [0.9, 0.8]
+    other = np.linspace(0.0, 1.0, 20)
+    other[3] = 2.0  # rows 3 and 19 are its 2 hardest: one corrupted
+    data = Dataset.from_dict({"is_noisy": noisy, "el2n": el2n, "aum": -el2n, "other": other, "plain": other})
+    data = set_polarity(data, {"el2n": "higher_is_harder", "aum": "higher_is_easier", "other": "higher_is_harder"})
+    table = noise_detection(data, ["el2n", "aum", "other", "plain", "absent"], fraction=0.1).set_index("score")
+    assert list(table.index) == ["el2n", "aum", "other"]  # no polarity or no column: skipped
+    for score in ("el2n", "aum"):
+        row = table.loc[score]
+        assert (row.flagged, row.noisy, row.share, row.chance, row.enrichment) == (2, 2, 1.0, 0.1, 10.0)
+        assert row.ci_low == pytest.approx(0.025 ** 0.5) and row.ci_high == 1.0
+        assert row.p_value == pytest.approx(1 / 190)  # both corrupted pairs among 2 drawn from 20: 1 / C(20, 2)
+    row = table.loc["other"]
+    assert (row.noisy, row.share) == (1, 0.5)
+    assert row.p_value == pytest.approx(1 - 153 / 190)  # P(at least one corrupted) = 1 - C(18, 2) / C(20, 2)
+    assert noise_detection(data.remove_columns("is_noisy"), ["el2n"]).empty
 
 
 # ---- summary on hand-made rows --------------------------------------------------------------------------------------

@@ -287,16 +287,22 @@ def test_smoke_profile_end_to_end_and_resume(tmp_path, minilm_path):
     assert (noisy == (np.asarray(scored["label"]) != np.asarray(scored["original_label"]))).all()
     assert np.allclose(frame.loc[frame["selection"] == "full", "noisy_kept"], noisy.mean())
     # ... and each score's 5% hardest pairs (by its polarity): their corrupted share, recomputed here
-    shares = payload["noise_in_hardest_5pct"]
-    assert shares["dataset"] == pytest.approx(noisy.mean())
+    rows = {row["score"]: row for row in payload["noise_in_hardest"]}
+    assert set(rows) == {s for s in scores if get_polarity(scored, s) is not None}  # those with a hard/easy reading
     for score in scores:
+        if score not in rows:
+            continue
         hardness = np.asarray(scored[score], dtype=np.float64)
         if get_polarity(scored, score) == "higher_is_easier":
             hardness = -hardness
-        rows = np.flatnonzero(~np.isnan(hardness))
-        top = max(1, math.floor(0.05 * len(rows)))
-        hardest = rows[np.argsort(hardness[rows], kind="stable")[len(rows) - top:]]  # ties: the later rows
-        assert shares[score] == pytest.approx(noisy[hardest].mean()), score
+        valid = np.flatnonzero(~np.isnan(hardness))
+        top = max(1, math.floor(0.05 * len(valid)))
+        hardest = valid[np.argsort(hardness[valid], kind="stable")[len(valid) - top:]]  # ties: the later rows
+        row = rows[score]
+        assert (row["flagged"], row["noisy"]) == (top, int(noisy[hardest].sum())), score
+        assert row["share"] == pytest.approx(noisy[hardest].mean()) and row["ci_low"] <= row["share"] <= row["ci_high"]
+        assert row["chance"] == pytest.approx(noisy[valid].mean()), score
+        assert 0.0 < row["p_value"] <= 1.0
     provenance = json.loads((out / "scored_dataset" / "hf_influence.json").read_text())
     assert set(scores) <= {e["column"] for e in provenance["scores"]}
     from transformers import AutoTokenizer
