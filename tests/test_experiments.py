@@ -308,6 +308,32 @@ def test_resume_after_a_kill_runs_only_the_missing_rows(tmp_path):
     assert "train.log" in os.listdir(out) and "{" in (out / "train.log").read_text()
 
 
+def test_a_diverged_run_stops_the_grid_and_keeps_the_finished_rows(tmp_path):
+    import torch
+    from conftest import random_classification_dataset, tiny_bert_config
+    from test_trainer import PadCollator
+    from transformers import BertForSequenceClassification, TrainerCallback, TrainingArguments
+
+    from hf_influence import add_example_ids
+
+    class DivergeOnSeed1(TrainerCallback):  # what a too-high learning rate does, deterministically
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            if args.seed == 1:
+                with torch.no_grad():
+                    model.classifier.weight[0, 0] = float("nan")
+
+    exp = PruningExperiment(
+        add_example_ids(random_classification_dataset(n=8)), fractions=[0.5], seeds=[0, 1], full_data=False,
+        model_init=lambda: BertForSequenceClassification(tiny_bert_config()),
+        args=TrainingArguments(str(tmp_path), num_train_epochs=1, report_to="none", use_cpu=True),
+        eval_datasets={"eval": random_classification_dataset(n=4, seed=3)}, data_collator=PadCollator(),
+        callbacks=[DivergeOnSeed1()])
+    with pytest.raises(FloatingPointError, match=r"random__keep0\.5__seed1 diverged: .*classifier\.weight.*learning"):
+        exp.run(tmp_path, progress=False)
+    rows = ExperimentResult.load(tmp_path).rows
+    assert list(rows["run_id"]) == ["random__keep0.5__seed0"] and np.isfinite(rows["eval_loss"]).all()
+
+
 def test_changed_settings_are_refused(tmp_path):
     from conftest import random_classification_dataset, tiny_bert_config
     from transformers import BertForSequenceClassification, TrainingArguments

@@ -101,6 +101,25 @@ def _check_keep(keep: Any) -> float | int:
     return float(keep)
 
 
+def _check_finite(model: Any, metrics: Mapping[str, float], run_id: str) -> None:
+    """Stop the grid when a run diverged (NaN/inf weights or losses) instead of recording a meaningless row; the
+    finished rows are already on disk."""
+    bad = [k for k, v in metrics.items() if k.endswith("_loss") and not math.isfinite(v)]
+    if callable(getattr(model, "named_parameters", None)):
+        import torch
+
+        with torch.no_grad():
+            bad += [name for name, p in model.named_parameters()
+                    if p.is_floating_point() and not torch.isfinite(p).all()][:3]
+    if bad:
+        raise FloatingPointError(
+            f"Run {run_id} diverged: {', '.join(bad)} hold NaN or inf after training. Its row is not written; the "
+            f"finished runs stay in {RESULTS_FILENAME}. Lower the learning rate, clip gradients (max_grad_norm) or "
+            "train in bf16/fp32 instead of fp16, then run the same experiment again in a new output_dir (changed "
+            "training arguments are refused in this one), or fix the data if a few examples cause it."
+        )
+
+
 @contextmanager
 def _logs_to_file(path: Path):
     """Send the transformers/datasets/hf_influence log records to `path` instead of the console while training."""
@@ -439,6 +458,7 @@ class PruningExperiment:
                 metrics.update({k: float(v) for k, v in result.items()
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
         eval_seconds = time.perf_counter() - start
+        _check_finite(model if trainer is None else trainer.model, metrics, run_id)
 
         def save(path: Path) -> None:
             if trainer is not None:
