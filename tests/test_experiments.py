@@ -332,6 +332,7 @@ def test_a_diverged_run_stops_the_grid_and_keeps_the_finished_rows(tmp_path):
         exp.run(tmp_path, progress=False)
     rows = ExperimentResult.load(tmp_path).rows
     assert list(rows["run_id"]) == ["random__keep0.5__seed0"] and np.isfinite(rows["eval_loss"]).all()
+    assert not (tmp_path / "runs" / "random__keep0.5__seed0").exists()  # nothing saved: no empty run folder left
 
 
 def test_changed_settings_are_refused(tmp_path):

@@ -459,6 +459,9 @@ class PruningExperiment:
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
         eval_seconds = time.perf_counter() - start
         _check_finite(model if trainer is None else trainer.model, metrics, run_id)
+        for folder in (run_dir, run_dir.parent):  # the Trainer creates its output_dir even when it saves nothing
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
         def save(path: Path) -> None:
             if trainer is not None:
