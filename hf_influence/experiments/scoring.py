@@ -37,11 +37,13 @@ class ScoreSpec:
             `"trajectory"` (a registered Scorer over the N_c checkpoints of the first scoring seed), `"null"` (PVI:
             the final checkpoints of the scoring runs against a run fine-tuned on empty inputs).
         default_strategy: the `select_by_score` strategy used unless `--selections` says otherwise (read with the
-            column's polarity, which the scorer records).
+            column's polarity, which the scorer records). Scores measured on the SNLI pruning curve (recipes/README.md
+            "The pruning curve") default to what beat same-size random there, keeping the easiest examples within
+            each class (the data-scarce regime of Sorscher et al. 2022; keeping the hardest lost by 10-20 points);
+            the others keep the paper's strategy.
         description: how the column is made.
         default_class_balanced: whether the default selection is class-balanced (gradient cosine: its mean over a
-            mixed-label target ranks whole classes first; class-balanced, it beat class-balanced random on SNLI,
-            recipes/README.md "The pruning curve").
+            mixed-label target ranks whole classes first; class-balanced, it beat class-balanced random on SNLI).
     """
 
     name: str
@@ -59,16 +61,18 @@ class ScoreSpec:
 SCORES: dict[str, ScoreSpec] = {
     spec.name: spec
     for spec in (
-        ScoreSpec("el2n", "checkpoint", "hardest",
-                  "||softmax(f(x)) - onehot(y)||_2 in eval mode at the end of epoch --el2n_epoch, mean over seeds"),
+        ScoreSpec("el2n", "checkpoint", "easiest",
+                  "||softmax(f(x)) - onehot(y)||_2 in eval mode at the end of epoch --el2n_epoch, mean over seeds",
+                  default_class_balanced=True),
         ScoreSpec("grand", "checkpoint", "hardest",
                   "per-example loss-gradient L2 norm at the same early checkpoint, mean over seeds"),
         ScoreSpec("loss", "checkpoint", "hardest",
                   "cross-entropy of the gold label at the end of the scoring run, mean over seeds"),
-        ScoreSpec("forgetting", "store", "weighted",
-                  "forgetting events (Toneva et al. 2019); dense evaluation every --dense_eval_steps steps"),
-        ScoreSpec("aum", "store", "hardest",
-                  "area under the margin (Pleiss et al. 2020) over training updates"),
+        ScoreSpec("forgetting", "store", "easiest",
+                  "forgetting events (Toneva et al. 2019); dense evaluation every --dense_eval_steps steps",
+                  default_class_balanced=True),
+        ScoreSpec("aum", "store", "easiest",
+                  "area under the margin (Pleiss et al. 2020) over training updates", default_class_balanced=True),
         ScoreSpec("confidence", "store", "hardest",
                   "dataset-cartography confidence: mean gold probability over epochs"),
         ScoreSpec("variability", "store", "hardest",
