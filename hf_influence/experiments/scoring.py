@@ -39,7 +39,7 @@ class ScoreSpec:
         default_strategy: the `select_by_score` strategy used unless `--selections` says otherwise (read with the
             column's polarity, which the scorer records). Scores measured on the SNLI pruning curve (recipes/README.md
             "The pruning curve") default to what beat same-size random there, keeping the easiest examples within
-            each class (the data-scarce regime of Sorscher et al. 2022; keeping the hardest lost by 10-20 points);
+            each class (the data-scarce regime of Sorscher et al. 2022; keeping the hardest by EL2N lost 13-15 points);
             the others keep the paper's strategy.
         description: how the column is made.
         default_class_balanced: whether the default selection is class-balanced (gradient cosine: its mean over a
@@ -77,12 +77,12 @@ SCORES: dict[str, ScoreSpec] = {
                   "dataset-cartography confidence: mean gold probability over epochs"),
         ScoreSpec("variability", "store", "hardest",
                   "dataset-cartography variability: std of the gold probability over epochs"),
-        ScoreSpec("vog_class", "trajectory", "hardest",
-                  "VoG over N_c checkpoints of one run, z-scored within the gold class"),
+        ScoreSpec("vog_class", "trajectory", "easiest",
+                  "VoG over N_c checkpoints of one run, z-scored within the gold class", default_class_balanced=True),
         ScoreSpec("vog_dataset", "trajectory", "weighted",
                   "VoG over N_c checkpoints of one run, z-scored over the whole dataset"),
-        ScoreSpec("tracin", "trajectory", "hardest",
-                  "TracIn self-influence summed over the N_c checkpoints of one run"),
+        ScoreSpec("tracin", "trajectory", "easiest",
+                  "TracIn self-influence summed over the N_c checkpoints of one run", default_class_balanced=True),
         ScoreSpec("grad_cosine", "trajectory", "highest",
                   "mean (--similarity_reduce) gradient cosine with --target_samples held-out validation pairs, "
                   "summed over the N_c checkpoints of one run (LESS-style targeted selection); keep the most similar",
@@ -100,9 +100,10 @@ class ScoringPlan:
     """What to score and how: the scoring runs and the scorers' options (also the recipe's flags)."""
 
     scores: list[str] = field(
-        default_factory=lambda: ["grad_cosine", "el2n", "forgetting", "vog_class", "vog_dataset"],
-        metadata={"help": f"Scores to compute and prune with. Valid: {', '.join(SCORES)}. The default puts the "
-                  "selection measured to beat random (class-balanced grad_cosine) next to the paper's four."},
+        default_factory=lambda: ["el2n", "aum", "grad_cosine"],
+        metadata={"help": f"Scores to compute and prune with. Valid: {', '.join(SCORES)}. The default: the two "
+                  "selections measured best on the SNLI pruning curve (EL2N keep-easiest and gradient cosine, each "
+                  "within classes) and AUM, which the scoring runs give for free."},
     )
     scoring_seeds: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "Seeds of the scoring runs (scores are averaged over them)."}
