@@ -120,6 +120,16 @@ def _check_finite(model: Any, metrics: Mapping[str, float], run_id: str) -> None
         )
 
 
+def _remove_if_empty(*folders: Path) -> None:
+    """Remove each folder that exists and is empty (the Trainer creates its output_dir even when it saves nothing)."""
+    for folder in folders:
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:  # another process wrote into it meanwhile: keep it
+            pass
+
+
 @contextmanager
 def _logs_to_file(path: Path):
     """Send the transformers/datasets/hf_influence log records to `path` instead of the console while training."""
@@ -459,9 +469,6 @@ class PruningExperiment:
                                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))})
         eval_seconds = time.perf_counter() - start
         _check_finite(model if trainer is None else trainer.model, metrics, run_id)
-        for folder in (run_dir, run_dir.parent):  # the Trainer creates its output_dir even when it saves nothing
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
 
         def save(path: Path) -> None:
             if trainer is not None:
@@ -525,7 +532,9 @@ class PruningExperiment:
                 result.append(row, per_example)
             if self.save_best_model and selection is not None and not selection.is_random:
                 best = self._maybe_save_best(best, row, report, save, output_dir, is_main)
-            state.wait_for_everyone()
+            state.wait_for_everyone()  # every rank is done with the run folder before the main one tidies it
+            if is_main:
+                _remove_if_empty(output_dir / "runs" / run_id, output_dir / "runs")
             bar.update(1)
         bar.close()
         state.wait_for_everyone()
