@@ -361,7 +361,7 @@ class PruningExperiment:
             from ..fingerprints import model_fingerprint
 
             model = {"model_init": getattr(self.model_init, "__qualname__", type(self.model_init).__name__),
-                     "initial_weights": model_fingerprint(self._fresh_model(self.seeds[0]))}
+                     "initial_weights": model_fingerprint(self._fresh_model(0))}  # any fixed seed: extra seeds keep it
         return {
             "train": {"rows": len(train), "content": _content_hash(train, [*id_columns, "input_ids"])},
             "eval": {name: {"rows": len(split), "content": _content_hash(split, id_columns)}
