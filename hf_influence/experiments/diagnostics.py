@@ -50,9 +50,8 @@ def noise_detection(scored, scores: Sequence[str], fraction: float = NOISE_TOP_F
     for score in scores:
         if score not in scored.column_names or get_polarity(scored, score) is None:  # no hard/easy reading
             continue
-        values = np.asarray(scored[score], dtype=np.float64)
-        scored_rows = int(np.sum(~np.isnan(values)))
-        corrupted = int(noisy[~np.isnan(values)].sum())
+        valid = ~np.isnan(np.asarray(scored[score], dtype=np.float64))
+        scored_rows, corrupted = int(valid.sum()), int(noisy[valid].sum())
         hardest = np.asarray(select_by_score(scored, score, fraction, "hardest")["is_noisy"], dtype=bool)
         flagged, found = int(hardest.size), int(hardest.sum())
         interval = proportion_interval(found, flagged, confidence)
