@@ -237,13 +237,36 @@ def plot_score_histograms(
     return _save(fig, path, dpi)
 
 
+_BASELINE_STYLES = ({"color": "grey", "linestyle": "--"}, {"color": "dimgrey", "linestyle": "-."},
+                    {"color": "black", "linestyle": "--"})
+_CURVE_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _curve_styles(methods: Sequence[Any], baselines: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+    """One line style per method: greys for the random baselines, a distinct non-grey colour for every other."""
+    from matplotlib import colormaps
+
+    others = [m for m in methods if m not in baselines]
+    if len(others) <= 9:
+        palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]  # index 7 is tab10's grey
+    else:
+        palette = [c for i, c in enumerate(colormaps["tab20"].colors) if i not in (14, 15)]  # its two greys
+    styles: dict[Any, dict[str, Any]] = {}
+    for rank, method in enumerate(m for m in baselines if m in methods):
+        styles[method] = {**_BASELINE_STYLES[min(rank, len(_BASELINE_STYLES) - 1)], "marker": "o"}
+    for i, method in enumerate(others):
+        styles[method] = {"color": palette[i % len(palette)],
+                          "marker": _CURVE_MARKERS[(i // len(palette)) % len(_CURVE_MARKERS)]}
+    return styles
+
+
 def accuracy_vs_fraction_figure(
     results: Any,
     *,
     fraction_column: str = "fraction",
     metric_column: str = "accuracy",
     method_column: str = "method",
-    random_method: str = "random",
+    random_method: str | Sequence[str] = "random",
     full_data: float | None = None,
     title: str | None = None,
     interval: str = "std",
@@ -252,16 +275,19 @@ def accuracy_vs_fraction_figure(
     """Build the pruning curve of the Data Diet / SNLI papers: accuracy (mean ± std over seeds) against the fraction
     of training data kept, one line per score/strategy.
 
-    ``results`` is long-form: one row per (method, fraction, seed) run. Rows whose method is ``random_method`` are
-    drawn as a dashed grey baseline. The full-data accuracy is a horizontal line: ``full_data`` when given, otherwise
-    the mean of the rows with fraction 1.0 (if any).
+    ``results`` is long-form: one row per (method, fraction, seed) run. Rows whose method is a ``random_method`` are
+    drawn as dashed grey baselines (the first mid grey, further ones darker, dash-dotted). Every other method gets a
+    colour of its own (tab10 without its grey up to 9 methods, tab20 without its greys up to 18; beyond that colours
+    repeat with another marker), so no selection can be mistaken for a baseline. The full-data accuracy is a
+    horizontal line: ``full_data`` when given, otherwise the mean of the rows with fraction 1.0 (if any).
 
     Args:
         results (`pandas.DataFrame`): columns ``method_column``, ``fraction_column``, ``metric_column``.
         fraction_column (`str`, defaults to `"fraction"`): fraction of the training set kept, in (0, 1].
         metric_column (`str`, defaults to `"accuracy"`): the metric on the y axis.
         method_column (`str`, defaults to `"method"`): the score/strategy name of a run.
-        random_method (`str`, defaults to `"random"`): the method drawn as the random baseline.
+        random_method (`str` or sequence of `str`, defaults to `"random"`): the method(s) drawn as random baselines
+            (e.g. plain and class-balanced random).
         full_data (`float`, *optional*): full-data accuracy to mark.
         title (`str`, *optional*): figure title.
         interval (`str`, defaults to `"std"`): `"std"` draws error bars of one standard deviation over seeds;
@@ -296,16 +322,17 @@ def accuracy_vs_fraction_figure(
 
     fig = Figure(figsize=(7.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
-    for method in sorted(stats[method_column].unique(), key=str):
+    methods = sorted(stats[method_column].unique(), key=str)
+    styles = _curve_styles(methods, [random_method] if isinstance(random_method, str) else list(random_method))
+    for method in methods:
         rows = stats[stats[method_column] == method].sort_values(fraction_column)
-        style = {"color": "grey", "linestyle": "--"} if method == random_method else {}
+        style = styles[method]
         x = rows[fraction_column].to_numpy(dtype=np.float64)
         container = ax.errorbar(
             x,
             rows["mean"].to_numpy(dtype=np.float64),
             yerr=rows["std"].to_numpy(dtype=np.float64) if interval == "std" else None,
             label=str(method),
-            marker="o",
             capsize=3,
             **style,
         )
@@ -331,7 +358,7 @@ def plot_accuracy_vs_fraction(
     fraction_column: str = "fraction",
     metric_column: str = "accuracy",
     method_column: str = "method",
-    random_method: str = "random",
+    random_method: str | Sequence[str] = "random",
     full_data: float | None = None,
     title: str | None = None,
     dpi: int = 120,

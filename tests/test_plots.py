@@ -143,6 +143,29 @@ def test_accuracy_vs_fraction_mean_std_and_baselines(tmp_path):
         plot_accuracy_vs_fraction(runs.drop(columns="accuracy"), tmp_path / "c.png")
 
 
+def test_accuracy_vs_fraction_gives_every_selection_its_own_colour_and_both_baselines_grey():
+    # 11 selections + 2 random baselines: more lines than matplotlib's 10-colour cycle, which repeated its grey
+    # (the random baseline's colour) on the 11th selection
+    from matplotlib.colors import to_rgb
+
+    selections = [f"score{i}:easiest" for i in range(11)]
+    methods = selections + ["random", "random (class-balanced)"]
+    runs = pd.DataFrame({"method": np.repeat(methods, 2), "fraction": 0.5, "seed": [0, 1] * len(methods),
+                         "accuracy": np.linspace(0.4, 0.7, 2 * len(methods))})
+    fig = accuracy_vs_fraction_figure(runs, random_method=("random", "random (class-balanced)"))
+    lines = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}
+    colours = {m: to_rgb(lines[m].get_color()) for m in methods}
+
+    def is_grey(rgb):
+        return max(rgb) - min(rgb) < 1e-6
+
+    assert len({colours[m] for m in selections}) == len(selections)
+    assert not any(is_grey(colours[m]) for m in selections)
+    for baseline in ("random", "random (class-balanced)"):
+        assert is_grey(colours[baseline]) and lines[baseline].get_linestyle() != "-"
+    assert colours["random"] != colours["random (class-balanced)"]
+
+
 def test_data_map_from_a_signal_store_uses_its_summary(tmp_path):
     from hf_influence.store import SignalStore
 

@@ -270,7 +270,8 @@ class ExperimentResult:
         full = self.rows.loc[self.rows["selection"] == FULL_DATA, metric]
         return plot_accuracy_vs_fraction(
             curves, path, fraction_column="keep_fraction", metric_column=metric, method_column="selection",
-            random_method=RANDOM, full_data=float(full.mean()) if len(full) else None, interval="ci",
+            random_method=(RANDOM, RANDOM_BALANCED), full_data=float(full.mean()) if len(full) else None,
+            interval="ci",
             confidence=confidence, title=title or f"{metric} vs fraction of training data kept",
         )
 
