@@ -170,9 +170,19 @@ def private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def dotted_name(node: ast.AST) -> str | None:
+    """`a.b.c` for a chain of attribute accesses on a plain name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+
 def private_name_uses(importer: str, tree: ast.AST) -> list[str]:
-    """`from <package module> import _name`, and `alias._name` where `alias` is a package module bound by an import
-    in `importer` (another module's private name either way)."""
+    """`from <package module> import _name`, `alias._name` where `alias` is a package module bound by an import
+    in `importer`, and `hf_influence.module._name` after a plain `import hf_influence.module` (another module's
+    private name each way)."""
     uses = []
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
@@ -191,19 +201,24 @@ def private_name_uses(importer: str, tree: ast.AST) -> list[str]:
                 if alias.name.split(".")[0] == PACKAGE and alias.asname:
                     aliases[alias.asname] = alias.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and private(node.attr) and aliases[node.value.id] != importer):
-            uses.append(f"{aliases[node.value.id]}.{node.attr}")
+        if not (isinstance(node, ast.Attribute) and private(node.attr)):
+            continue
+        owner = dotted_name(node.value)
+        owner = aliases.get(owner, owner)  # an alias, or the module's full dotted path (`import a.b` binds `a`)
+        if owner in MODULES and owner != importer:
+            uses.append(f"{owner}.{node.attr}")
     return uses
 
 
 def test_private_name_finder_on_known_cases():
     tree = ast.parse("from .layers import _rms_eps, build_plan\nfrom . import layers\nx = layers._CHUNK_BYTES\n"
                      "y = layers.__name__\nfrom ..signals import _private\nfrom torch import _C\n"
-                     "import hf_influence.store as store_module\nz = store_module._hidden\n")
+                     "import hf_influence.store as store_module\nz = store_module._hidden\n"
+                     "import hf_influence.grads.hooks\nw = hf_influence.grads.hooks._state\n"
+                     "v = hf_influence.grads.graphs._own\n")
     assert sorted(private_name_uses("hf_influence.grads.graphs", tree)) == [
         "from hf_influence.grads.layers import _rms_eps", "from hf_influence.signals import _private",
-        "hf_influence.grads.layers._CHUNK_BYTES", "hf_influence.store._hidden"]
+        "hf_influence.grads.hooks._state", "hf_influence.grads.layers._CHUNK_BYTES", "hf_influence.store._hidden"]
 
 
 def test_no_module_uses_another_modules_private_names():
