@@ -56,7 +56,8 @@ class PruningArguments:
 
     selections: list[str] = field(default_factory=list, metadata={
         "help": "'score:strategy' pairs (e.g. el2n:easiest aum:hardest vog_class:ccs; append ':balanced' for class-"
-        "balanced). Strategies read each score's polarity: 'hardest' keeps the hardest examples whichever way the "
+        "balanced, then ':key=value' strategy options, e.g. el2n:ccs:balanced:beta=0.3). Strategies read each "
+        "score's polarity: 'hardest' keeps the hardest examples whichever way the "
         "score points. Default: each score with its default strategy; 'none': random and full data only."})
     keep_fractions: list[float] = field(default_factory=lambda: [0.55, 0.75], metadata={
         "help": "Fractions of the training set to KEEP, each in (0, 1]; 0.55 = 45%% pruned."})

@@ -204,6 +204,29 @@ def test_selection_parse_and_errors():
         Selection("el2n", "ccs", options={"offset": 3})
 
 
+def test_selection_short_form_carries_strategy_options():
+    ccs = Selection.parse("el2n:ccs:balanced:beta=0.3")
+    assert ccs.options == {"beta": 0.3} and ccs.class_balanced
+    assert ccs.label == "el2n:ccs[beta=0.3] (class-balanced)" and ccs.slug == "el2n_ccs_beta_0.3_class-balanced"
+    # another option value is another run id; no options keeps the old label (and so the old run ids)
+    assert Selection.parse("el2n:ccs:balanced:beta=0.1").slug != ccs.slug
+    assert Selection.parse("el2n:ccs:balanced").label == "el2n:ccs (class-balanced)"
+    cut = Selection.parse("el2n:ccs:beta=0:k=10:cut_column=aum")
+    assert cut.options == {"beta": 0, "k": 10, "cut_column": "aum"} and not cut.class_balanced
+    assert isinstance(cut.options["k"], int)
+    # written options override the ones passed in (e.g. a recipe's --weighted_* flags); the rest are kept
+    weighted = Selection.parse("el2n:weighted:mapping=softmax:prefer=easy", options={"mapping": "linear", "eps": 0.1})
+    assert weighted.options == {"mapping": "softmax", "eps": 0.1, "prefer": "easy"}
+    assert Selection.parse("aum:window:balanced:start_rank=none").options == {"start_rank": None}
+    with pytest.raises(ValueError, match="does not take"):
+        Selection.parse("el2n:ccs:gamma=1")
+    with pytest.raises(ValueError, match="twice"):
+        Selection.parse("el2n:ccs:beta=0.1:beta=0.2")
+    for bad in ("el2n:ccs:beta=", "el2n:ccs:extra", "el2n:ccs:beta=0.1:balanced"):
+        with pytest.raises(ValueError, match="Cannot read"):
+            Selection.parse(bad)
+
+
 # ---- the grid on a tiny model ---------------------------------------------------------------------------------------
 
 GRID_SCRIPT = textwrap.dedent('''

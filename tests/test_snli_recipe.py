@@ -92,6 +92,8 @@ def test_recipe_command_line_errors_and_help(tmp_path):
     assert "For 45% pruned pass 0.55" in proc.stderr
     proc = _recipe("--config", str(SMOKE), "--output_dir", out, "--selections", "el2n:toughest")
     assert proc.returncode != 0 and "Unknown strategy 'toughest'" in proc.stderr and "hardest" in proc.stderr
+    proc = _recipe("--config", str(SMOKE), "--output_dir", out, "--selections", "el2n:ccs:balanced:gamma=0.3")
+    assert proc.returncode != 0 and "does not take ['gamma']" in proc.stderr and "beta" in proc.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMOKE.read_text() + "learning_rte: 0.1\n")
     proc = _recipe("--config", str(bad), "--output_dir", out)

@@ -67,17 +67,55 @@ class Selection:
 
     @classmethod
     def parse(cls, spec: Any, class_balanced: bool = False, options: Mapping[str, Any] | None = None) -> Selection:
-        """A `Selection` from a `Selection`, a `(score, strategy)` tuple or a `"score:strategy[:balanced]"` string."""
+        """A `Selection` from a `Selection`, a `(score, strategy)` tuple or a short-form string.
+
+        The string is `"score:strategy"`, then optionally `":balanced"`, then any number of `":key=value"` strategy
+        options, e.g. `"el2n:ccs:balanced:beta=0.3"` or `"el2n:window:offset=0.1"`. Values are read as int, float,
+        `true`/`false`, `none` or else a string. Options written in the string override `options` and appear in the
+        label (`"el2n:ccs[beta=0.3] (class-balanced)"`), so runs with different options get different run ids.
+        """
         if isinstance(spec, Selection):
             return spec
         if isinstance(spec, (tuple, list)) and len(spec) == 2:
             return cls(spec[0], spec[1], class_balanced, dict(options or {}))
         if isinstance(spec, str):
             parts = spec.split(":")
-            if len(parts) in (2, 3) and all(parts) and (len(parts) == 2 or parts[2] == "balanced"):
-                return cls(parts[0], parts[1], class_balanced or len(parts) == 3, dict(options or {}))
+            balanced = len(parts) > 2 and parts[2] == "balanced"
+            extra = parts[3 if balanced else 2:]
+            if len(parts) >= 2 and all(parts) and all(_is_option(p) for p in extra):
+                written = dict(_read_option(p) for p in extra)
+                if len(written) < len(extra):
+                    raise ValueError(f"The selection {spec!r} sets an option twice.")
+                balanced = class_balanced or balanced
+                name = None
+                if written:
+                    shown = ",".join(f"{k}={v}" for k, v in written.items())
+                    name = f"{parts[0]}:{parts[1]}[{shown}]" + (" (class-balanced)" if balanced else "")
+                return cls(parts[0], parts[1], balanced, {**dict(options or {}), **written}, name=name)
         raise ValueError(f"Cannot read the selection {spec!r}: pass a Selection, a (score, strategy) tuple or a "
-                         "'score:strategy' string (append ':balanced' for class-balanced).")
+                         "'score:strategy' string (append ':balanced' for class-balanced, then ':key=value' for "
+                         "strategy options, e.g. 'el2n:ccs:balanced:beta=0.3').")
+
+
+def _is_option(part: str) -> bool:
+    key, sep, value = part.partition("=")
+    return bool(sep and key.isidentifier() and value)
+
+
+def _read_option(part: str) -> tuple[str, Any]:
+    """`"beta=0.3"` -> `("beta", 0.3)`: int, float, bool or None when the value reads as one, else the string."""
+    key, _, value = part.partition("=")
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered == "none":
+        return key, None
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def random_selection(class_balanced: bool = False) -> Selection:
