@@ -367,18 +367,24 @@ def test_changed_settings_are_refused(tmp_path):
     train = add_example_ids(random_classification_dataset(n=8))
     evals = random_classification_dataset(n=4, seed=3)
 
-    def make(lr, seeds=(0,)):
+    def make(lr, seeds=(0,), epochs=3):
         return PruningExperiment(train, fractions=[0.5], seeds=list(seeds), full_data=False,
                                  model_init=lambda: BertForSequenceClassification(tiny_bert_config()),
-                                 args=TrainingArguments(str(tmp_path), learning_rate=lr, report_to="none"),
+                                 args=TrainingArguments(str(tmp_path), learning_rate=lr, report_to="none",
+                                                        num_train_epochs=epochs),
                                  eval_datasets=evals)
 
     make(1e-3)._check_or_write_settings(tmp_path, make(1e-3).settings(train), True)
     make(1e-3)._check_or_write_settings(tmp_path, make(1e-3).settings(train), True)  # same settings: fine
     later_seeds = make(1e-3, seeds=(2, 3))  # more seeds in a later call (or in a parallel folder): the same settings
     later_seeds._check_or_write_settings(tmp_path, later_seeds.settings(train), True)
+    # 3 (an int, as a YAML file gives it) and 3.0 (a float, as the command line gives it) are the same setting
+    as_float = make(1e-3, epochs=3.0)
+    as_float._check_or_write_settings(tmp_path, as_float.settings(train), True)
     with pytest.raises(ValueError, match="other settings.*training_arguments"):
         make(1e-4)._check_or_write_settings(tmp_path, make(1e-4).settings(train), True)
+    with pytest.raises(ValueError, match="other settings.*training_arguments"):
+        make(1e-3, epochs=3.5)._check_or_write_settings(tmp_path, make(1e-3, epochs=3.5).settings(train), True)
 
 
 def test_bad_input_errors():

@@ -101,6 +101,21 @@ def _check_keep(keep: Any) -> float | int:
     return float(keep)
 
 
+def _canonical_settings(settings: Any) -> Any:
+    """`settings` as its JSON form reads back, with integral floats as ints: `num_train_epochs` is 4 from a YAML file
+    and 4.0 from the command line, the same run either way."""
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [canonical(v) for v in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    return canonical(json.loads(json.dumps(settings, default=str)))
+
+
 def _check_finite(model: Any, metrics: Mapping[str, float], run_id: str) -> None:
     """Stop the grid when a run diverged (NaN/inf weights or losses) instead of recording a meaningless row; the
     finished rows are already on disk."""
@@ -393,9 +408,11 @@ class PruningExperiment:
                                       digest_size=16).hexdigest()
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("fingerprint") != fingerprint:
-                old = saved.get("settings", {})
-                changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            old, new = _canonical_settings(saved.get("settings", {})), _canonical_settings(settings)
+            if saved.get("fingerprint") == fingerprint or old == new:
+                fingerprint = saved.get("fingerprint", fingerprint)  # e.g. 4 from a YAML file, 4.0 from the CLI
+            else:
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ValueError(
                     f"{output_dir} holds an experiment with other settings (changed: {changed}). Its rows cannot be "
                     "mixed with these runs: use another output_dir, or delete the folder to start over."
