@@ -1,4 +1,5 @@
-"""Fingerprints: stable hashes of models, checkpoints and datasets, for cache keys.
+"""Fingerprints: stable hashes of models, checkpoints and datasets, for cache keys, and the canonical form of
+recorded settings.
 
 Scorers build their `Dataset.map` `new_fingerprint` from these (see `hf_influence.scorers.Scorer.fingerprint`),
 projected-gradient folders record them to know when to resume, and model cards cite them. Nothing is ever pickled:
@@ -8,6 +9,7 @@ model weights are hashed tensor by tensor, checkpoint files byte by byte.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -132,3 +134,18 @@ def dataset_fingerprint(dataset: Any) -> str:
     if fingerprint is None:
         raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
     return str(fingerprint)
+
+
+def canonical_settings(settings: Any) -> Any:
+    """`settings` as its JSON form reads back, with integral floats as ints, for comparing recorded run settings:
+    `num_train_epochs` is 4 from a YAML file and 4.0 from the command line, the same run either way."""
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [canonical(v) for v in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    return canonical(json.loads(json.dumps(settings, default=str)))

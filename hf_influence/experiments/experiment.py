@@ -101,21 +101,6 @@ def _check_keep(keep: Any) -> float | int:
     return float(keep)
 
 
-def _canonical_settings(settings: Any) -> Any:
-    """`settings` as its JSON form reads back, with integral floats as ints: `num_train_epochs` is 4 from a YAML file
-    and 4.0 from the command line, the same run either way."""
-    def canonical(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: canonical(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [canonical(v) for v in value]
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
-
-    return canonical(json.loads(json.dumps(settings, default=str)))
-
-
 def _check_finite(model: Any, metrics: Mapping[str, float], run_id: str) -> None:
     """Stop the grid when a run diverged (NaN/inf weights or losses) instead of recording a meaningless row; the
     finished rows are already on disk."""
@@ -401,6 +386,7 @@ class PruningExperiment:
         return hashes
 
     def _check_or_write_settings(self, output_dir: Path, settings: dict[str, Any], is_main: bool) -> None:
+        from ..fingerprints import canonical_settings
         from ..store import atomic_write_bytes
 
         path = output_dir / CONFIG_FILENAME
@@ -408,7 +394,7 @@ class PruningExperiment:
                                       digest_size=16).hexdigest()
         if path.is_file():
             saved = json.loads(path.read_text())
-            old, new = _canonical_settings(saved.get("settings", {})), _canonical_settings(settings)
+            old, new = canonical_settings(saved.get("settings", {})), canonical_settings(settings)
             if saved.get("fingerprint") == fingerprint or old == new:
                 fingerprint = saved.get("fingerprint", fingerprint)  # e.g. 4 from a YAML file, 4.0 from the CLI
             else:
