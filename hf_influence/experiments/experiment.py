@@ -392,18 +392,17 @@ class PruningExperiment:
         path = output_dir / CONFIG_FILENAME
         fingerprint = hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode(),
                                       digest_size=16).hexdigest()
-        if path.is_file():
-            saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is not None:
             old, new = canonical_settings(saved.get("settings", {})), canonical_settings(settings)
-            if saved.get("fingerprint") == fingerprint or old == new:
-                fingerprint = saved.get("fingerprint", fingerprint)  # e.g. 4 from a YAML file, 4.0 from the CLI
-            else:
+            if old != new:  # compared in canonical form: 4 from a YAML file and 4.0 from the CLI are the same
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ValueError(
                     f"{output_dir} holds an experiment with other settings (changed: {changed}). Its rows cannot be "
                     "mixed with these runs: use another output_dir, or delete the folder to start over."
                 )
-        saved_scores = json.loads(path.read_text()).get("score_columns", {}) if path.is_file() else {}
+            fingerprint = saved.get("fingerprint", fingerprint)  # the folder keeps the fingerprint it was made with
+        saved_scores = saved.get("score_columns", {}) if saved is not None else {}
         scores = {**saved_scores, **self._check_score_columns(saved_scores)}
         record = {"fingerprint": fingerprint, "settings": settings, "score_columns": scores,
                   "grid": {"selections": [s.to_dict() for s in self.selections],

@@ -271,8 +271,7 @@ class ExperimentResult:
         return plot_accuracy_vs_fraction(
             curves, path, fraction_column="keep_fraction", metric_column=metric, method_column="selection",
             random_method=(RANDOM, RANDOM_BALANCED), full_data=float(full.mean()) if len(full) else None,
-            interval="ci",
-            confidence=confidence, title=title or f"{metric} vs fraction of training data kept",
+            interval="ci", confidence=confidence, title=title or f"{metric} vs fraction of training data kept",
         )
 
     def save(self, output_dir: str | os.PathLike | None = None, metric: str | None = None,

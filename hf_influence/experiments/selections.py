@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RANDOM = "random"
-RANDOM_BALANCED = "random (class-balanced)"
+BALANCED_SUFFIX = " (class-balanced)"  # appended to the label of a selection made within each class
+RANDOM_BALANCED = RANDOM + BALANCED_SUFFIX
 FULL_DATA = "full"
 
 
@@ -50,7 +51,7 @@ class Selection:
             return self.name
         if self.strategy == "random" and self.score is None:
             return RANDOM_BALANCED if self.class_balanced else RANDOM
-        return f"{self.score}:{self.strategy}" + (" (class-balanced)" if self.class_balanced else "")
+        return f"{self.score}:{self.strategy}" + (BALANCED_SUFFIX if self.class_balanced else "")
 
     @property
     def slug(self) -> str:
@@ -90,7 +91,7 @@ class Selection:
                 name = None
                 if written:
                     shown = ",".join(f"{k}={v}" for k, v in written.items())
-                    name = f"{parts[0]}:{parts[1]}[{shown}]" + (" (class-balanced)" if balanced else "")
+                    name = f"{parts[0]}:{parts[1]}[{shown}]" + (BALANCED_SUFFIX if balanced else "")
                 return cls(parts[0], parts[1], balanced, {**dict(options or {}), **written}, name=name)
         raise ValueError(f"Cannot read the selection {spec!r}: pass a Selection, a (score, strategy) tuple or a "
                          "'score:strategy' string (append ':balanced' for class-balanced, then ':key=value' for "
